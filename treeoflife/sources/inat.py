@@ -1,0 +1,187 @@
+"""iNaturalist loaders: the open-data dumps (`inat-open-data`) and the iNat2021 JSON (`inat21`).
+
+Open data: four TSVs (no quoting); a photo's 7 ranks come from its observation's taxon
+ancestry (root first, self excluded). iNat2021: COCO-like JSON with 7 rank fields per
+category; images are catalogued as members of the competition tarballs.
+"""
+
+from __future__ import annotations
+
+from treeoflife.licenses import register_license_map
+from treeoflife.sources.loading import (
+    Check,
+    PullContext,
+    duplicate_check,
+    insert_records,
+    is_int,
+    load_tables,
+    quarantine_failures,
+    sql_str,
+    valid_rows,
+)
+from treeoflife.workspace import RANKS
+
+_RANK_PIVOT = ",\n".join(
+    f"max(a.name) FILTER (WHERE a.rank = '{rank}') AS \"{rank}\"" for rank in RANKS
+)
+
+
+def load_open_data(ctx: PullContext) -> None:
+    """Photos become records; taxa, observations and observers are joined in SQL."""
+    con = ctx.con
+    taxa = load_tables(ctx, "taxa", delim="\t", quoted=False)
+    observers = load_tables(ctx, "observers", delim="\t", quoted=False)
+    observations = load_tables(ctx, "observations", delim="\t", quoted=False)
+    photos = load_tables(ctx, "photos", delim="\t", quoted=False)
+
+    quarantine_failures(
+        ctx, taxa, [Check(f"NOT {is_int('t.taxon_id')}", "'taxon_id is not an integer'")]
+    )
+    quarantine_failures(
+        ctx, observers, [Check(f"NOT {is_int('t.observer_id')}", "'observer_id is not an integer'")]
+    )
+    observation_checks = [
+        Check("t.observation_uuid IS NULL", "'observation_uuid is empty'"),
+        Check(
+            f"NOT EXISTS (SELECT 1 FROM {taxa} x WHERE x.taxon_id = t.taxon_id)",
+            "'taxon_id ' || coalesce(t.taxon_id, '(empty)') || ' is not in taxa'",
+        ),
+    ]
+    quarantine_failures(ctx, observations, observation_checks)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _valid_observations AS "
+        f"SELECT * FROM {observations} t WHERE {valid_rows(observation_checks)}"
+    )
+    photo_checks = [
+        Check(
+            f"NOT {is_int('t.photo_id')}",
+            "'photo_id is not an integer: ' || coalesce(t.photo_id, '')",
+        ),
+        Check(
+            "NOT EXISTS (SELECT 1 FROM _valid_observations o "
+            "WHERE o.observation_uuid = t.observation_uuid)",
+            "'observation_uuid ' || coalesce(t.observation_uuid, '(empty)') "
+            "|| ' is not a valid row of observations'",
+        ),
+        duplicate_check(ctx, photos, "photo_id", "photo_id"),
+    ]
+    quarantine_failures(ctx, photos, photo_checks)
+
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _taxon_ranks AS
+        WITH paths AS (
+            SELECT taxon_id, unnest(string_split(coalesce(ancestry, ''), '/') || [taxon_id]) AS id
+            FROM {taxa} WHERE taxon_id IN (SELECT DISTINCT taxon_id FROM _valid_observations)
+        )
+        SELECT p.taxon_id, {_RANK_PIVOT}
+        FROM paths p JOIN {taxa} a ON a.taxon_id = p.id
+        GROUP BY p.taxon_id
+        """
+    )
+    register_license_map(con, photos, "license", "4.0", "_licenses")
+    size = ctx.option("photo_size", "medium")
+    base = ctx.option("image_base_url", "https://inaturalist-open-data.s3.amazonaws.com/photos/")
+    insert_records(
+        ctx,
+        f"""
+        SELECT {sql_str(ctx.source + ":")} || t.photo_id AS record_id,
+               {sql_str(ctx.source)} AS source, t.photo_id AS source_id,
+               {sql_str(ctx.manifest.version)} AS source_version,
+               t.observation_uuid AS group_id,
+               {sql_str(base)} || t.photo_id || '/' || {sql_str(size)} || '.' || t.extension AS url,
+               l.license, t.license AS license_raw,
+               coalesce(nullif(nullif(trim(w.name), ''), 'None'), w.login) AS rights_holder,
+               x.name AS scientific_name, x.rank AS taxon_rank, o.taxon_id AS source_taxon_id,
+               {", ".join(f'r."{rank}"' for rank in RANKS)},
+               TRY_CAST(t.width AS INTEGER) AS width, TRY_CAST(t.height AS INTEGER) AS height,
+               t._file AS source_file
+        FROM {photos} t
+        JOIN _valid_observations o ON o.observation_uuid = t.observation_uuid
+        JOIN {taxa} x ON x.taxon_id = o.taxon_id
+        LEFT JOIN _taxon_ranks r ON r.taxon_id = o.taxon_id
+        LEFT JOIN {observers} w ON w.observer_id = t.observer_id
+        LEFT JOIN _licenses l ON l.raw IS NOT DISTINCT FROM t.license
+        WHERE {valid_rows(photo_checks)}
+        """,
+    )
+
+
+def load_inat21(ctx: PullContext) -> None:
+    """Each split's JSON gives images, annotations, categories and licenses raw tables."""
+    con = ctx.con
+    parts = ("images", "annotations", "categories", "licenses")
+    first = True
+    for role in ("train", "val"):
+        if role not in ctx.files:
+            continue
+        for label, path in ctx.inputs(role):
+            size = path.stat().st_size + 1
+            for part in parts:
+                verb = "CREATE OR REPLACE TABLE {t} AS" if first else "INSERT INTO {t}"
+                con.execute(
+                    verb.format(t=ctx.raw_table(part))
+                    + f" SELECT unnest({part}, recursive := true), {sql_str(label)} AS _file, "
+                    f"{sql_str(role)} AS _split FROM read_json({sql_str(str(path))}, "
+                    f"maximum_object_size={size})"
+                )
+            first = False
+    images, annotations = ctx.raw_table("images"), ctx.raw_table("annotations")
+    categories, licenses = ctx.raw_table("categories"), ctx.raw_table("licenses")
+
+    annotation_checks = [
+        Check(
+            f"NOT EXISTS (SELECT 1 FROM {images} i WHERE i.id = t.image_id AND i._file = t._file)",
+            "'annotations[]: image_id ' || t.image_id || ' is not in images'",
+        ),
+        Check(
+            f"NOT EXISTS (SELECT 1 FROM {categories} c "
+            "WHERE c.id = t.category_id AND c._file = t._file)",
+            "'annotations[]: category_id ' || t.category_id || ' is not in categories'",
+        ),
+    ]
+    quarantine_failures(ctx, annotations, annotation_checks, header_lines=0)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _labels AS SELECT t.image_id, t._file, "
+        f"min(t.category_id) AS category_id, count(*) AS n FROM {annotations} t "
+        f"WHERE {valid_rows(annotation_checks)} GROUP BY ALL"
+    )
+    image_checks = [
+        Check(
+            "NOT EXISTS (SELECT 1 FROM _labels a WHERE a.image_id = t.id AND a._file = t._file)",
+            "'images[]: image ' || t.id || ' has no valid annotation, so no label'",
+        ),
+        Check(
+            "EXISTS (SELECT 1 FROM _labels a WHERE a.image_id = t.id AND a._file = t._file "
+            "AND a.n > 1)",
+            "'images[]: image ' || t.id || ' has more than one annotation'",
+        ),
+        duplicate_check(ctx, images, "id", "image id"),
+    ]
+    quarantine_failures(ctx, images, image_checks, header_lines=0)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _license_urls AS "
+        f"SELECT DISTINCT id, _file, coalesce(url, name) AS raw FROM {licenses}"
+    )
+    register_license_map(con, "_license_urls", "raw", "4.0", "_licenses")
+    insert_records(
+        ctx,
+        f"""
+        SELECT {sql_str(ctx.source + ":")} || t.id AS record_id, {sql_str(ctx.source)} AS source,
+               t.id::VARCHAR AS source_id, {sql_str(ctx.manifest.version)} AS source_version,
+               {sql_str(ctx.source + ":")} || t.id AS group_id,
+               t._split || '_images' AS archive, t.file_name AS member,
+               lm.license, lu.raw AS license_raw, t.rights_holder,
+               c.name AS scientific_name, c.common_name, 'species' AS taxon_rank,
+               c.id::VARCHAR AS source_taxon_id,
+               c.kingdom, c.phylum, c.class, c."order", c.family, c.genus,
+               c.genus || ' ' || c.specific_epithet AS species,
+               t.width, t.height, t._file AS source_file
+        FROM {images} t
+        JOIN _labels a ON a.image_id = t.id AND a._file = t._file
+        JOIN {categories} c ON c.id = a.category_id AND c._file = t._file
+        LEFT JOIN _license_urls lu ON lu.id = t.license AND lu._file = t._file
+        LEFT JOIN _licenses lm ON lm.raw IS NOT DISTINCT FROM lu.raw
+        WHERE {valid_rows(image_checks)}
+        """,
+    )

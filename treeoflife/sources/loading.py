@@ -1,0 +1,226 @@
+"""Shared machinery of the source loaders: raw tables, rejected rows and the quarantine.
+
+Every loader reads its files with DuckDB's own readers into `raw_<source>__<role>` tables
+(every source column kept, as VARCHAR), sends rows DuckDB could not parse and rows that
+fail a check to `quarantine` with file, line and reason, and fills `records` in SQL.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from treeoflife.archives import extract_member, match_members
+from treeoflife.manifest import SourceManifest
+
+_counter = itertools.count()
+
+
+@dataclass(frozen=True)
+class PullContext:
+    """What a loader gets: the open catalog, its manifest and the downloaded files by role."""
+
+    con: duckdb.DuckDBPyConnection
+    manifest: SourceManifest
+    files: dict[str, Path]
+    extract_dir: Path
+
+    @property
+    def source(self) -> str:
+        return self.manifest.name
+
+    def raw_table(self, role: str) -> str:
+        return f"raw_{self.source.replace('-', '_')}__{role}"
+
+    def inputs(self, role: str) -> list[tuple[str, Path]]:
+        """(label, path) of the file(s) to read for a role: the download, or its member(s).
+
+        The label (file name, or `archive!member`) is what quarantine rows name.
+        """
+        spec = self.manifest.file(role)
+        path = self.files[role]
+        if not spec.member:
+            return [(path.name, path)]
+        names = match_members(path, spec.member)
+        return [
+            (f"{path.name}!{name}", extract_member(path, name, self.extract_dir / role))
+            for name in names
+        ]
+
+    def option(self, key: str, default=None):
+        return self.manifest.options.get(key, default)
+
+
+def sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_list(values: Sequence[str]) -> str:
+    return "[" + ", ".join(sql_str(v) for v in values) + "]"
+
+
+def load_delimited(
+    ctx: PullContext,
+    table: str,
+    path: Path,
+    *,
+    label: str,
+    delim: str,
+    quoted: bool,
+    header: bool = True,
+    names: Sequence[str] | None = None,
+    replace: bool = True,
+) -> int:
+    """Read one CSV/TSV (gzip or plain) into `table` as VARCHAR; rejected lines to quarantine.
+
+    `quoted=False` is for the iNat dumps, whose text is never quoted and may hold `"`.
+    Returns the number of rows accepted. The rejected line numbers are kept in
+    `_rejected_lines` so later checks can compute the file line of an accepted row.
+    """
+    n = next(_counter)
+    rejects, scan = f"_rejects_{n}", f"_rejects_scan_{n}"
+    options = [
+        f"delim={sql_str(delim)}",
+        f"header={'true' if header else 'false'}",
+        "all_varchar=true",
+        "store_rejects=true",
+        f"rejects_table={sql_str(rejects)}",
+        f"rejects_scan={sql_str(scan)}",
+        "strict_mode=true",
+        "auto_detect=false" if names and not header else "auto_detect=true",
+    ]
+    options += ["quote=''", "escape=''"] if not quoted else ["quote='\"'", "escape='\"'"]
+    if names:
+        options.append(f"names={sql_list(names)}")
+        if not header:
+            options.append("columns={" + ", ".join(f"{sql_str(c)}: 'VARCHAR'" for c in names) + "}")
+    reader = f"read_csv({sql_str(str(path))}, {', '.join(options)})"
+    verb = "CREATE OR REPLACE TABLE" if replace else "INSERT INTO"
+    select = f"SELECT *, {sql_str(label)} AS _file FROM {reader}"
+    ctx.con.execute(f"{verb} {table} {'AS ' if replace else ''}{select}")
+    ctx.con.execute(
+        f"""
+        INSERT INTO quarantine
+        SELECT {sql_str(ctx.source)}, {sql_str(label)}, line,
+               string_agg(DISTINCT error_type || ': ' || error_message, '; '), any_value(csv_line)
+        FROM {rejects} GROUP BY line ORDER BY line
+        """
+    )
+    ensure_rejected_lines(ctx.con)
+    ctx.con.execute(
+        f"INSERT INTO _rejected_lines SELECT DISTINCT {sql_str(table)}, {sql_str(label)}, line "
+        f"FROM {rejects}"
+    )
+    ctx.con.execute(f"DROP TABLE IF EXISTS {rejects}")
+    ctx.con.execute(f"DROP TABLE IF EXISTS {scan}")
+    return ctx.con.execute(
+        f"SELECT count(*) FROM {table} WHERE _file = {sql_str(label)}"
+    ).fetchone()[0]
+
+
+def ensure_rejected_lines(con: duckdb.DuckDBPyConnection) -> None:
+    """The per-pull temp table of line numbers DuckDB's reader rejected."""
+    con.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS _rejected_lines "
+        "(raw_table VARCHAR, file VARCHAR, line BIGINT)"
+    )
+
+
+@dataclass(frozen=True)
+class Check:
+    """A row check on a raw table: rows where `fails` (SQL over alias t) holds are quarantined."""
+
+    fails: str
+    reason: str  # SQL expression, e.g. "'photo_id is not an integer: ' || t.photo_id"
+
+
+def valid_rows(checks: Sequence[Check]) -> str:
+    """SQL predicate (over alias t) true for rows that pass every check: the records filter."""
+    if not checks:
+        return "true"
+    return " AND ".join(f"NOT coalesce(({c.fails}), false)" for c in checks)
+
+
+def quarantine_failures(
+    ctx: PullContext, table: str, checks: Sequence[Check], *, header_lines: int = 1
+) -> int:
+    """Copy the rows of a raw table that fail any check to quarantine, once, with every reason.
+
+    The rows stay in the raw table (it keeps every source row); records skip them. The file
+    line is the row's ordinal plus the header plus the rejected lines before it (found with
+    an ASOF join on the rejected lines, so this is one set-based statement).
+    """
+    if not checks:
+        return 0
+    condition = " OR ".join(f"coalesce(({c.fails}), false)" for c in checks)
+    reason = (
+        "concat_ws('; ', "
+        + ", ".join(f"CASE WHEN coalesce(({c.fails}), false) THEN {c.reason} END" for c in checks)
+        + ")"
+    )
+    ensure_rejected_lines(ctx.con)
+    before = ctx.con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+    ctx.con.execute(
+        f"""
+        INSERT INTO quarantine
+        WITH first_rows AS (SELECT _file, min(rowid) AS first_rowid FROM {table} GROUP BY _file),
+        numbered AS (
+            SELECT to_json(t)::VARCHAR AS _raw, t._file, {reason} AS _reason,
+                   t.rowid - f.first_rowid + 1 AS _ordinal
+            FROM {table} t JOIN first_rows f ON t._file = f._file
+            WHERE {condition}
+        ),
+        rejected AS (
+            SELECT file, line - {header_lines} - row_number() OVER (
+                       PARTITION BY file ORDER BY line) AS skip_key,
+                   row_number() OVER (PARTITION BY file ORDER BY line) AS skipped
+            FROM _rejected_lines WHERE raw_table = {sql_str(table)}
+        ),
+        rejected_keys AS (
+            SELECT file, skip_key, max(skipped) AS skipped FROM rejected GROUP BY ALL
+        )
+        SELECT {sql_str(ctx.source)}, n._file,
+               n._ordinal + {header_lines} + coalesce(r.skipped, 0), n._reason, n._raw
+        FROM numbered n
+        ASOF LEFT JOIN rejected_keys r ON n._file = r.file AND n._ordinal > r.skip_key
+        ORDER BY n._file, n._ordinal
+        """
+    )
+    return ctx.con.execute("SELECT count(*) FROM quarantine").fetchone()[0] - before
+
+
+def is_int(column: str) -> str:
+    """SQL: the VARCHAR column holds an integer."""
+    return f"(TRY_CAST({column} AS BIGINT) IS NOT NULL)"
+
+
+def duplicate_check(ctx: PullContext, table: str, key: str, what: str) -> Check:
+    """A check failing every row whose `key` repeats an earlier row's (the first one is kept)."""
+    firsts = f"_first_{table}_{key.strip(chr(34)).replace(' ', '_')}"
+    ctx.con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {firsts} AS SELECT {key} AS k, min(rowid) AS first_rowid "
+        f"FROM {table} WHERE {key} IS NOT NULL GROUP BY {key} HAVING count(*) > 1"
+    )
+    return Check(
+        fails=f"EXISTS (SELECT 1 FROM {firsts} d WHERE d.k = t.{key} AND d.first_rowid <> t.rowid)",
+        reason=f"'duplicate {what} ' || t.{key} || ' (an earlier row is kept)'",
+    )
+
+
+def insert_records(ctx: PullContext, select_sql: str) -> None:
+    """Append the loader's SELECT to `records`, matching columns by name (others stay NULL)."""
+    ctx.con.execute(f"INSERT INTO records BY NAME {select_sql}")
+
+
+def load_tables(
+    ctx: PullContext, role: str, *, delim: str, quoted: bool, table: str | None = None
+) -> str:
+    """Load every input of a role (with header rows) into one raw table; returns its name."""
+    table = table or ctx.raw_table(role)
+    for i, (label, path) in enumerate(ctx.inputs(role)):
+        load_delimited(ctx, table, path, label=label, delim=delim, quoted=quoted, replace=i == 0)
+    return table

@@ -1,0 +1,184 @@
+"""The workspace folder and its DuckDB catalog: layout, schema, migrations and status.
+
+Every stage reads and writes one workspace; only the coordinating process opens
+`catalog.duckdb` for writing (DuckDB takes one writer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from treeoflife.errors import TolError
+
+SCHEMA_VERSION = 1
+DEFAULT_WORKSPACE = Path("tol-workspace")
+SUBDIRS = ("downloads", "staging", "release", "reports", "runs", "tmp")
+
+RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+_RANK_COLUMNS = ", ".join(f'"{rank}" VARCHAR' for rank in RANKS)
+
+# Core tables shared by all stages (docs/architecture.md). Stages may add their own.
+SCHEMA_SQL = f"""
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS records (
+    record_id VARCHAR NOT NULL,      -- '<source>:<source_id>', stable across re-runs
+    source VARCHAR NOT NULL,         -- the `tol pull` name
+    source_id VARCHAR NOT NULL,
+    source_version VARCHAR,
+    group_id VARCHAR,                -- observation / specimen: one split per group
+    url VARCHAR,                     -- canonical public URL of the image, if fetched by URL
+    archive VARCHAR,                 -- manifest role of the image archive, if read from one
+    member VARCHAR,                  -- member path inside that archive
+    license VARCHAR,                 -- canonical licence id (treeoflife.licenses)
+    license_raw VARCHAR,
+    rights_holder VARCHAR,
+    scientific_name VARCHAR,         -- the name as the source gave it
+    common_name VARCHAR,
+    taxon_rank VARCHAR,
+    source_taxon_id VARCHAR,
+    {_RANK_COLUMNS},                 -- ranks as the source gave them; species = binomial
+    width INTEGER,
+    height INTEGER,
+    source_file VARCHAR
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    source VARCHAR NOT NULL, file VARCHAR NOT NULL, line BIGINT, reason VARCHAR NOT NULL,
+    raw VARCHAR
+);
+CREATE TABLE IF NOT EXISTS pulls (
+    source VARCHAR PRIMARY KEY, version VARCHAR, fingerprint VARCHAR, records BIGINT,
+    quarantined BIGINT, finished_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS downloads (
+    source VARCHAR, role VARCHAR, url VARCHAR, path VARCHAR, size BIGINT, sha256 VARCHAR,
+    finished_at TIMESTAMP, PRIMARY KEY (source, role)
+);
+CREATE TABLE IF NOT EXISTS taxa_resolved (
+    record_id VARCHAR NOT NULL, {_RANK_COLUMNS}, common VARCHAR, method VARCHAR,
+    authority VARCHAR, authority_taxon_id VARCHAR, status VARCHAR
+);
+CREATE TABLE IF NOT EXISTS images (
+    record_id VARCHAR NOT NULL, status VARCHAR NOT NULL, error VARCHAR, sha256 VARCHAR,
+    phash VARCHAR, width INTEGER, height INTEGER, shard VARCHAR, member VARCHAR
+);
+CREATE TABLE IF NOT EXISTS duplicates (
+    record_id VARCHAR NOT NULL, kept_record_id VARCHAR, kind VARCHAR NOT NULL, distance INTEGER
+);
+CREATE TABLE IF NOT EXISTS release (
+    treeoflife_id VARCHAR NOT NULL, record_id VARCHAR NOT NULL, split VARCHAR, shard VARCHAR
+);
+"""
+
+# One entry per stage: (stage, the table whose rows say the stage produced output).
+STAGE_TABLES = (
+    ("pull", "records"),
+    ("taxa", "taxa_resolved"),
+    ("images", "images"),
+    ("dedup", "duplicates"),
+    ("shard", "release"),
+)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A workspace folder; `connect()` opens its catalog."""
+
+    root: Path
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.duckdb"
+
+    @property
+    def downloads(self) -> Path:
+        return self.root / "downloads"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    def exists(self) -> bool:
+        return self.catalog_path.exists()
+
+    def init(self) -> Workspace:
+        """Create the folders and the catalog schema; safe to call on an existing workspace."""
+        for name in SUBDIRS:
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+        with self.connect(create=True) as con:
+            migrate(con)
+        return self
+
+    @contextlib.contextmanager
+    def connect(
+        self, *, create: bool = False, read_only: bool = False, memory_limit: str = "2GB"
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Open the catalog; spills to the workspace tmp/ so big joins stay within memory."""
+        if not create and not self.exists():
+            raise TolError(
+                f"no workspace at {self.root} (missing {self.catalog_path.name}); "
+                f"run `tol init --workspace {self.root}` first"
+            )
+        try:
+            con = duckdb.connect(str(self.catalog_path), read_only=read_only)
+        except duckdb.IOException as exc:
+            raise TolError(
+                f"cannot open {self.catalog_path}: {exc}. Is another `tol` process using it?"
+            ) from exc
+        try:
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            con.execute(f"SET memory_limit = '{memory_limit}'")
+            con.execute(f"SET temp_directory = '{self.tmp}'")
+            if not read_only and not create:
+                migrate(con)
+            yield con
+        finally:
+            con.close()
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> None:
+    """Bring the schema to SCHEMA_VERSION; refuse a catalog written by a newer treeoflife."""
+    con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    found = int(row[0]) if row else 0
+    if found > SCHEMA_VERSION:
+        raise TolError(
+            f"catalog schema version {found} is newer than this treeoflife ({SCHEMA_VERSION}); "
+            "upgrade treeoflife"
+        )
+    if found < SCHEMA_VERSION:
+        con.execute(SCHEMA_SQL)
+        con.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+        )
+
+
+def status(con: duckdb.DuckDBPyConnection) -> dict:
+    """Per-stage completion and row counts, as `tol status --json` prints them."""
+    stages: dict[str, dict] = {}
+    for stage, table in STAGE_TABLES:
+        rows = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        stages[stage] = {"complete": rows > 0, "rows": rows}
+    pulls = con.execute(
+        "SELECT source, version, records, quarantined, finished_at FROM pulls ORDER BY source"
+    ).fetchall()
+    stages["pull"]["sources"] = {
+        source: {
+            "version": version,
+            "records": records,
+            "quarantined": quarantined,
+            "finished_at": finished_at.isoformat() if finished_at else None,
+        }
+        for source, version, records, quarantined, finished_at in pulls
+    }
+    stages["pull"]["quarantined"] = con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+    version = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+    return {"schema_version": int(version), "stages": stages}
