@@ -16,10 +16,16 @@ from treeoflife.sample import SAMPLE_EXPECTED, SAMPLE_FILES
 from treeoflife.workspace import Workspace
 
 
-def fast_client(retries: int = 3) -> HttpClient:
-    """A client with tiny backoffs so fault tests do not sleep for long."""
+def fast_client(retries: int = 3, chunk_size: int = 8192) -> HttpClient:
+    """A client with tiny backoffs (fault tests do not sleep long) and small read chunks."""
     return HttpClient(
-        HttpPolicy(retries=retries, backoff_base_s=0.01, backoff_max_s=0.05, max_retry_after_s=0.1)
+        HttpPolicy(
+            retries=retries,
+            backoff_base_s=0.01,
+            backoff_max_s=0.05,
+            max_retry_after_s=0.1,
+            chunk_size=chunk_size,
+        )
     )
 
 

@@ -94,10 +94,6 @@ def status_command(
         )
 
 
-def _http_client(retries: int) -> HttpClient:
-    return HttpClient(HttpPolicy(retries=retries))
-
-
 @app.command()
 def pull(
     source: Annotated[
@@ -146,15 +142,19 @@ def pull(
                     f"it lists: {', '.join(plan.sources)}"
                 )
         ws = Workspace(workspace).init()
-        results = run_pulls(ws, manifests, mirror=mirror, force=force, retries=retries)
+        policy = HttpPolicy(retries=retries)
+        results = run_pulls(ws, manifests, mirror=mirror, force=force, policy=policy)
     except TolError as exc:
         _fail(exc)
     print_pull_summary(ws, results)
 
 
-def run_pulls(ws: Workspace, manifests, *, mirror, force, retries) -> list[PullResult]:
+def run_pulls(
+    ws: Workspace, manifests, *, mirror: str | None, force: bool, policy: HttpPolicy
+) -> list[PullResult]:
+    """Pull each manifest's source in turn (authority manifests are skipped here)."""
     results = []
-    with _http_client(retries) as client, download_bars(console) as bars:
+    with HttpClient(policy) as client, download_bars(console) as bars:
         for manifest in manifests:
             if manifest.name not in LOADERS:
                 continue  # authorities are loaded by `tol taxa load-authority`

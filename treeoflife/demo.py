@@ -12,12 +12,15 @@ from pathlib import Path
 from rich.console import Console
 
 from treeoflife.errors import TolError
+from treeoflife.http import HttpPolicy
 from treeoflife.loopback import FaultPlan, LoopbackServer
 from treeoflife.manifest import load_pipeline
 from treeoflife.sample import SAMPLE_FILES
 from treeoflife.workspace import Workspace
 
 DEMO_MARKER = ".tol-demo"
+# Short backoffs: the loopback server recovers at once, the demo need not wait like a real run.
+DEMO_POLICY = HttpPolicy(retries=5, backoff_base_s=0.05, backoff_max_s=0.5)
 
 
 def fresh_demo_workspace(root: Path) -> Workspace:
@@ -44,7 +47,11 @@ def run_demo(root: Path, *, faults: bool, console: Console) -> None:
     with LoopbackServer(SAMPLE_FILES, faults=demo_faults() if faults else None) as server:
         console.print(f"serving the bundled sample at {server.url} (faults: {faults})")
         results = run_pulls(
-            workspace, list(pipeline.sources.values()), mirror=server.url, force=False, retries=5
+            workspace,
+            list(pipeline.sources.values()),
+            mirror=server.url,
+            force=False,
+            policy=DEMO_POLICY,
         )
         failed = [r for r in server.request_log if r[2] >= 500 or r[2] in (0, 429)]
     console.print(

@@ -408,7 +408,7 @@ class HttpClient:
                         "(partial downloads resume)."
                     ) from failure
                 delay = self._delay_s(number, failure.retry_after_s)
-                log.warning(
+                log.info(
                     "GET %s: %s (attempt %d/%d); retrying in %.2fs",
                     url,
                     failure.reason,

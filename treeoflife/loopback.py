@@ -254,6 +254,13 @@ class _Httpd(ThreadingHTTPServer):
         self.owner._track(request, False)
         super().shutdown_request(request)
 
+    def handle_error(self, request, client_address) -> None:
+        """Clients dropping a connection (resets, retries) are expected, not errors to print."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"

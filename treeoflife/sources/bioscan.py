@@ -17,7 +17,6 @@ from treeoflife.sources.loading import (
     load_tables,
     quarantine_failures,
     sql_str,
-    valid_rows,
 )
 
 _RANKS_GIVEN = ("phylum", "class", "order", "family", "genus", "species")
@@ -52,7 +51,7 @@ def load_bioscan_1m(ctx: PullContext) -> None:
         ),
         duplicate_check(ctx, table, "sampleid", "sampleid"),
     ]
-    quarantine_failures(ctx, table, checks)
+    passed = quarantine_failures(ctx, table, checks)
     default_license = ctx.option("default_license", "cc-by-nc-sa-4.0")
     register_license_map(ctx.con, table, "copyright_license", "4.0", "_licenses")
     prefix = ctx.option("image_member_prefix", "bioscan/images/cropped_256/")
@@ -73,7 +72,7 @@ def load_bioscan_1m(ctx: PullContext) -> None:
                t._file AS source_file
         FROM {table} t
         LEFT JOIN _licenses l ON l.raw IS NOT DISTINCT FROM t.copyright_license
-        WHERE {valid_rows(checks)}
+        WHERE {passed}
         """,
     )
 
@@ -89,7 +88,7 @@ def load_bioscan_5m(ctx: PullContext) -> None:
         ),
         duplicate_check(ctx, table, "processid", "processid"),
     ]
-    quarantine_failures(ctx, table, checks)
+    passed = quarantine_failures(ctx, table, checks)
     prefix = ctx.option("image_member_prefix", "bioscan5m/images/cropped_256/")
     license_raw = ctx.option("license", "CC BY 3.0")
     rights_holder = ctx.option("rights_holder", "CBG Photography Group")
@@ -110,6 +109,6 @@ def load_bioscan_5m(ctx: PullContext) -> None:
                nullif(t.taxon, '') AS scientific_name, t.dna_bin AS source_taxon_id,
                {_ranks(None)}, t._file AS source_file
         FROM {table} t
-        WHERE {valid_rows(checks)}
+        WHERE {passed}
         """,
     )

@@ -22,7 +22,6 @@ from treeoflife.sources.loading import (
     load_tables,
     quarantine_failures,
     sql_str,
-    valid_rows,
 )
 from treeoflife.workspace import RANKS
 
@@ -46,7 +45,9 @@ def load_eol(ctx: PullContext) -> None:
     con = ctx.con
     media = ctx.raw_table("media_manifest")
     headed: set[str] = set()
+    labels: list[str] = []
     for i, (label, path) in enumerate(ctx.inputs("media_manifest")):
+        labels.append(label)
         header = _has_header(path)
         if header:
             headed.add(label)
@@ -82,7 +83,9 @@ def load_eol(ctx: PullContext) -> None:
         ),
         duplicate_check(ctx, media, '"EOL content ID"', "EOL content ID"),
     ]
-    _quarantine_media(ctx, media, checks, headed)
+    passed = quarantine_failures(
+        ctx, media, checks, header_lines={label: int(label in headed) for label in labels}
+    )
 
     rank_pivot = ",\n".join(
         f"max(a.canonicalName) FILTER (WHERE lower(a.taxonRank) = '{rank}') AS \"{rank}\""
@@ -143,14 +146,6 @@ def load_eol(ctx: PullContext) -> None:
         FROM {media} t
         LEFT JOIN _page_ranks r ON r.page_id = {page}
         LEFT JOIN _licenses l ON l.raw IS NOT DISTINCT FROM t."License Name"
-        WHERE {valid_rows(checks)}
+        WHERE {passed}
         """,
     )
-
-
-def _quarantine_media(ctx: PullContext, media: str, checks: list[Check], headed: set[str]) -> None:
-    """Files without a header row have no header line to skip when numbering lines."""
-    labels = [row[0] for row in ctx.con.execute(f"SELECT DISTINCT _file FROM {media}").fetchall()]
-    for label in sorted(labels):
-        scoped = [Check(f"t._file = {sql_str(label)} AND ({c.fails})", c.reason) for c in checks]
-        quarantine_failures(ctx, media, scoped, header_lines=1 if label in headed else 0)

@@ -17,12 +17,16 @@ from treeoflife.sources.loading import (
     load_tables,
     quarantine_failures,
     sql_str,
-    valid_rows,
 )
 from treeoflife.workspace import RANKS
 
+# iNat ranks a species-level hybrid (`Mentha × piperita`) `hybrid`: it fills the species rank.
+_RANK_ALIASES = {"species": ("species", "hybrid")}
 _RANK_PIVOT = ",\n".join(
-    f"max(a.name) FILTER (WHERE a.rank = '{rank}') AS \"{rank}\"" for rank in RANKS
+    "max(a.name) FILTER (WHERE a.rank IN ("
+    + ", ".join(f"'{r}'" for r in _RANK_ALIASES.get(rank, (rank,)))
+    + f')) AS "{rank}"'
+    for rank in RANKS
 )
 
 
@@ -40,17 +44,13 @@ def load_open_data(ctx: PullContext) -> None:
     quarantine_failures(
         ctx, observers, [Check(f"NOT {is_int('t.observer_id')}", "'observer_id is not an integer'")]
     )
-    observation_checks = [
-        Check("t.observation_uuid IS NULL", "'observation_uuid is empty'"),
-        Check(
-            f"NOT EXISTS (SELECT 1 FROM {taxa} x WHERE x.taxon_id = t.taxon_id)",
-            "'taxon_id ' || coalesce(t.taxon_id, '(empty)') || ' is not in taxa'",
-        ),
-    ]
-    quarantine_failures(ctx, observations, observation_checks)
+    # An observation whose taxon is not in taxa.csv still yields records, with no ranks:
+    # the taxonomy stage reports them unresolved rather than the pull dropping the images.
+    observation_checks = [Check("t.observation_uuid IS NULL", "'observation_uuid is empty'")]
+    observations_passed = quarantine_failures(ctx, observations, observation_checks)
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _valid_observations AS "
-        f"SELECT * FROM {observations} t WHERE {valid_rows(observation_checks)}"
+        f"CREATE OR REPLACE TEMP VIEW _valid_observations AS "
+        f"SELECT * FROM {observations} t WHERE {observations_passed}"
     )
     photo_checks = [
         Check(
@@ -65,7 +65,7 @@ def load_open_data(ctx: PullContext) -> None:
         ),
         duplicate_check(ctx, photos, "photo_id", "photo_id"),
     ]
-    quarantine_failures(ctx, photos, photo_checks)
+    photos_passed = quarantine_failures(ctx, photos, photo_checks)
 
     con.execute(
         f"""
@@ -98,11 +98,11 @@ def load_open_data(ctx: PullContext) -> None:
                t._file AS source_file
         FROM {photos} t
         JOIN _valid_observations o ON o.observation_uuid = t.observation_uuid
-        JOIN {taxa} x ON x.taxon_id = o.taxon_id
+        LEFT JOIN {taxa} x ON x.taxon_id = o.taxon_id
         LEFT JOIN _taxon_ranks r ON r.taxon_id = o.taxon_id
         LEFT JOIN {observers} w ON w.observer_id = t.observer_id
         LEFT JOIN _licenses l ON l.raw IS NOT DISTINCT FROM t.license
-        WHERE {valid_rows(photo_checks)}
+        WHERE {photos_passed}
         """,
     )
 
@@ -140,11 +140,11 @@ def load_inat21(ctx: PullContext) -> None:
             "'annotations[]: category_id ' || t.category_id || ' is not in categories'",
         ),
     ]
-    quarantine_failures(ctx, annotations, annotation_checks, header_lines=0)
+    annotations_passed = quarantine_failures(ctx, annotations, annotation_checks, header_lines=0)
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _labels AS SELECT t.image_id, t._file, "
         f"min(t.category_id) AS category_id, count(*) AS n FROM {annotations} t "
-        f"WHERE {valid_rows(annotation_checks)} GROUP BY ALL"
+        f"WHERE {annotations_passed} GROUP BY ALL"
     )
     image_checks = [
         Check(
@@ -158,7 +158,7 @@ def load_inat21(ctx: PullContext) -> None:
         ),
         duplicate_check(ctx, images, "id", "image id"),
     ]
-    quarantine_failures(ctx, images, image_checks, header_lines=0)
+    images_passed = quarantine_failures(ctx, images, image_checks, header_lines=0)
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _license_urls AS "
         f"SELECT DISTINCT id, _file, coalesce(url, name) AS raw FROM {licenses}"
@@ -182,6 +182,6 @@ def load_inat21(ctx: PullContext) -> None:
         JOIN {categories} c ON c.id = a.category_id AND c._file = t._file
         LEFT JOIN _license_urls lu ON lu.id = t.license AND lu._file = t._file
         LEFT JOIN _licenses lm ON lm.raw IS NOT DISTINCT FROM lu.raw
-        WHERE {valid_rows(image_checks)}
+        WHERE {images_passed}
         """,
     )

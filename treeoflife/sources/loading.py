@@ -8,7 +8,7 @@ fail a check to `quarantine` with file, line and reason, and fills `records` in 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,10 +94,10 @@ def load_delimited(
         "auto_detect=false" if names and not header else "auto_detect=true",
     ]
     options += ["quote=''", "escape=''"] if not quoted else ["quote='\"'", "escape='\"'"]
-    if names:
+    if names and header:
         options.append(f"names={sql_list(names)}")
-        if not header:
-            options.append("columns={" + ", ".join(f"{sql_str(c)}: 'VARCHAR'" for c in names) + "}")
+    elif names:
+        options.append("columns={" + ", ".join(f"{sql_str(c)}: 'VARCHAR'" for c in names) + "}")
     reader = f"read_csv({sql_str(str(path))}, {', '.join(options)})"
     verb = "CREATE OR REPLACE TABLE" if replace else "INSERT INTO"
     select = f"SELECT *, {sql_str(label)} AS _file FROM {reader}"
@@ -106,7 +106,8 @@ def load_delimited(
         f"""
         INSERT INTO quarantine
         SELECT {sql_str(ctx.source)}, {sql_str(label)}, line,
-               string_agg(DISTINCT error_type || ': ' || error_message, '; '), any_value(csv_line)
+               arg_min(error_type || ': ' || error_message, coalesce(column_idx, 0)),
+               any_value(csv_line)
         FROM {rejects} GROUP BY line ORDER BY line
         """
     )
@@ -138,24 +139,24 @@ class Check:
     reason: str  # SQL expression, e.g. "'photo_id is not an integer: ' || t.photo_id"
 
 
-def valid_rows(checks: Sequence[Check]) -> str:
-    """SQL predicate (over alias t) true for rows that pass every check: the records filter."""
-    if not checks:
-        return "true"
-    return " AND ".join(f"NOT coalesce(({c.fails}), false)" for c in checks)
-
-
 def quarantine_failures(
-    ctx: PullContext, table: str, checks: Sequence[Check], *, header_lines: int = 1
-) -> int:
+    ctx: PullContext,
+    table: str,
+    checks: Sequence[Check],
+    *,
+    header_lines: int | Mapping[str, int] = 1,
+) -> str:
     """Copy the rows of a raw table that fail any check to quarantine, once, with every reason.
 
-    The rows stay in the raw table (it keeps every source row); records skip them. The file
-    line is the row's ordinal plus the header plus the rejected lines before it (found with
-    an ASOF join on the rejected lines, so this is one set-based statement).
+    Returns the SQL predicate (over alias t) that keeps the rows that passed: the records
+    filter. The checks run in ONE scan; the failing rowids (few) are kept in a temp table
+    so the records query needs only a cheap anti-join instead of re-running the checks.
+    The rows stay in the raw table (it keeps every source row). The file line is the row's
+    ordinal plus the header plus the rejected lines before it (an ASOF join);
+    `header_lines` may differ per file (EOL writes the header in its first file only).
     """
     if not checks:
-        return 0
+        return "true"
     condition = " OR ".join(f"coalesce(({c.fails}), false)" for c in checks)
     reason = (
         "concat_ws('; ', "
@@ -163,19 +164,31 @@ def quarantine_failures(
         + ")"
     )
     ensure_rejected_lines(ctx.con)
-    before = ctx.con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+    failing = f"_failed_{table}"
+
+    def header(column: str) -> str:
+        if isinstance(header_lines, int):
+            return str(header_lines)
+        cases = " ".join(f"WHEN {sql_str(k)} THEN {v}" for k, v in header_lines.items())
+        return f"(CASE {column} {cases} ELSE 1 END)"
+
+    ctx.con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE {failing} AS
+        SELECT t.rowid AS failed_rowid, t._file, {reason} AS _reason, to_json(t)::VARCHAR AS _raw
+        FROM {table} t WHERE {condition}
+        """
+    )
     ctx.con.execute(
         f"""
         INSERT INTO quarantine
         WITH first_rows AS (SELECT _file, min(rowid) AS first_rowid FROM {table} GROUP BY _file),
         numbered AS (
-            SELECT to_json(t)::VARCHAR AS _raw, t._file, {reason} AS _reason,
-                   t.rowid - f.first_rowid + 1 AS _ordinal
-            FROM {table} t JOIN first_rows f ON t._file = f._file
-            WHERE {condition}
+            SELECT n._raw, n._file, n._reason, n.failed_rowid - f.first_rowid + 1 AS _ordinal
+            FROM {failing} n JOIN first_rows f ON n._file = f._file
         ),
         rejected AS (
-            SELECT file, line - {header_lines} - row_number() OVER (
+            SELECT file, line - {header("file")} - row_number() OVER (
                        PARTITION BY file ORDER BY line) AS skip_key,
                    row_number() OVER (PARTITION BY file ORDER BY line) AS skipped
             FROM _rejected_lines WHERE raw_table = {sql_str(table)}
@@ -184,13 +197,13 @@ def quarantine_failures(
             SELECT file, skip_key, max(skipped) AS skipped FROM rejected GROUP BY ALL
         )
         SELECT {sql_str(ctx.source)}, n._file,
-               n._ordinal + {header_lines} + coalesce(r.skipped, 0), n._reason, n._raw
+               n._ordinal + {header("n._file")} + coalesce(r.skipped, 0), n._reason, n._raw
         FROM numbered n
         ASOF LEFT JOIN rejected_keys r ON n._file = r.file AND n._ordinal > r.skip_key
         ORDER BY n._file, n._ordinal
         """
     )
-    return ctx.con.execute("SELECT count(*) FROM quarantine").fetchone()[0] - before
+    return f"t.rowid NOT IN (SELECT failed_rowid FROM {failing})"
 
 
 def is_int(column: str) -> str:
