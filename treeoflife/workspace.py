@@ -26,7 +26,8 @@ _RANK_COLUMNS = ", ".join(f'"{rank}" VARCHAR' for rank in RANKS)
 SCHEMA_SQL = f"""
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS records (
-    record_id VARCHAR NOT NULL,      -- '<source>:<source_id>', stable across re-runs
+    record_id VARCHAR GENERATED ALWAYS AS (source || ':' || source_id) VIRTUAL,
+                                     -- '<source>:<source_id>', stable; computed, not stored
     source VARCHAR NOT NULL,         -- the `tol pull` name
     source_id VARCHAR NOT NULL,
     source_version VARCHAR,

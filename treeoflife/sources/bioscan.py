@@ -13,7 +13,6 @@ from treeoflife.sources.loading import (
     PullContext,
     duplicate_check,
     insert_records,
-    is_int,
     load_tables,
     quarantine_failures,
     sql_str,
@@ -41,13 +40,15 @@ def _ranks(missing: str | None) -> str:
 
 
 def load_bioscan_1m(ctx: PullContext) -> None:
-    table = load_tables(ctx, "metadata", delim="\t", quoted=False)
+    table = load_tables(
+        ctx, "metadata", delim="\t", quoted=False, types={"chunk_number": "INTEGER"}
+    )
     checks = [
         Check("t.sampleid IS NULL", "'sampleid is empty'"),
         Check("t.image_file IS NULL", "'image_file is empty'"),
         Check(
-            f"NOT {is_int('t.chunk_number')} OR TRY_CAST(t.chunk_number AS INTEGER) < 1",
-            "'chunk_number is not a positive integer: ' || coalesce(t.chunk_number, '(empty)')",
+            "t.chunk_number IS NULL OR t.chunk_number < 1",
+            "'chunk_number is not a positive integer: ' || coalesce(t.chunk_number, 0)",
         ),
         duplicate_check(ctx, table, "sampleid", "sampleid"),
     ]
@@ -58,8 +59,7 @@ def load_bioscan_1m(ctx: PullContext) -> None:
     insert_records(
         ctx,
         f"""
-        SELECT {sql_str(ctx.source + ":")} || t.sampleid AS record_id,
-               {sql_str(ctx.source)} AS source, t.sampleid AS source_id,
+        SELECT {sql_str(ctx.source)} AS source, t.sampleid AS source_id,
                {sql_str(ctx.manifest.version)} AS source_version, t.sampleid AS group_id,
                'images' AS archive,
                {sql_str(prefix)} || 'part' || t.chunk_number || '/' || t.image_file AS member,
@@ -96,8 +96,7 @@ def load_bioscan_5m(ctx: PullContext) -> None:
     insert_records(
         ctx,
         f"""
-        SELECT {sql_str(ctx.source + ":")} || t.processid AS record_id,
-               {sql_str(ctx.source)} AS source, t.processid AS source_id,
+        SELECT {sql_str(ctx.source)} AS source, t.processid AS source_id,
                {sql_str(ctx.manifest.version)} AS source_version, t.sampleid AS group_id,
                CASE WHEN t.split IN ('pretrain', 'train') THEN 'images_train'
                     ELSE 'images_eval' END AS archive,

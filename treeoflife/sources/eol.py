@@ -17,7 +17,6 @@ from treeoflife.sources.loading import (
     PullContext,
     duplicate_check,
     insert_records,
-    is_int,
     load_delimited,
     load_tables,
     quarantine_failures,
@@ -33,6 +32,10 @@ MANIFEST_COLUMNS = (
     "License Name",
     "Copyright Owner",
 )
+
+
+MANIFEST_TYPES = {"EOL content ID": "BIGINT", "EOL page ID": "BIGINT"}
+PAGE_ID = {"page_id": "BIGINT"}
 
 
 def _has_header(path: Path) -> bool:
@@ -60,23 +63,24 @@ def load_eol(ctx: PullContext) -> None:
             quoted=True,
             header=header,
             names=MANIFEST_COLUMNS,
+            types=MANIFEST_TYPES,
             replace=i == 0,
         )
-    taxa = load_tables(ctx, "taxon", delim="\t", quoted=False)
+    taxa = load_tables(ctx, "taxon", delim="\t", quoted=False, types={"eolID": "BIGINT"})
     vernaculars = (
-        load_tables(ctx, "vernacular_names", delim=",", quoted=True)
+        load_tables(ctx, "vernacular_names", delim=",", quoted=True, types=PAGE_ID)
         if "vernacular_names" in ctx.files
         else None
     )
     providers = (
-        load_tables(ctx, "provider_ids", delim=",", quoted=True)
+        load_tables(ctx, "provider_ids", delim=",", quoted=True, types=PAGE_ID)
         if "provider_ids" in ctx.files
         else None
     )
     content, page = 't."EOL content ID"', 't."EOL page ID"'
     checks = [
-        Check(f"NOT {is_int(content)}", "'EOL content ID is not an integer'"),
-        Check(f"NOT {is_int(page)}", "'EOL page ID is not an integer'"),
+        Check(f"{content} IS NULL", "'EOL content ID is empty'"),
+        Check(f"{page} IS NULL", "'EOL page ID is empty'"),
         Check(
             't."EOL Full-Size Copy URL" IS NULL AND t."Medium Source URL" IS NULL',
             "'no image URL (both EOL Full-Size Copy URL and Medium Source URL are empty)'",
@@ -134,14 +138,13 @@ def load_eol(ctx: PullContext) -> None:
     insert_records(
         ctx,
         f"""
-        SELECT {sql_str(ctx.source + ":")} || {content} AS record_id,
-               {sql_str(ctx.source)} AS source, {content} AS source_id,
+        SELECT {sql_str(ctx.source)} AS source, {content}::VARCHAR AS source_id,
                {sql_str(ctx.manifest.version)} AS source_version,
                {sql_str(ctx.source + ":")} || {content} AS group_id,
                coalesce(t."EOL Full-Size Copy URL", t."Medium Source URL") AS url,
                l.license, t."License Name" AS license_raw, t."Copyright Owner" AS rights_holder,
                coalesce(r.name, {fallback_name}) AS scientific_name, {common} AS common_name,
-               r.rank AS taxon_rank, {page} AS source_taxon_id,
+               r.rank AS taxon_rank, {page}::VARCHAR AS source_taxon_id,
                {", ".join(f'r."{rank}"' for rank in RANKS)}, t._file AS source_file
         FROM {media} t
         LEFT JOIN _page_ranks r ON r.page_id = {page}

@@ -73,11 +73,15 @@ def load_delimited(
     quoted: bool,
     header: bool = True,
     names: Sequence[str] | None = None,
+    types: Mapping[str, str] | None = None,
     replace: bool = True,
 ) -> int:
     """Read one CSV/TSV (gzip or plain) into `table` as VARCHAR; rejected lines to quarantine.
 
     `quoted=False` is for the iNat dumps, whose text is never quoted and may hold `"`.
+    Columns are VARCHAR (lossless) except those `types` names (ids, uuids, counts): typed
+    columns store and join faster, and a value that does not cast rejects its row, which
+    lands in quarantine with DuckDB's message and the line.
     Returns the number of rows accepted. The rejected line numbers are kept in
     `_rejected_lines` so later checks can compute the file line of an accepted row.
     """
@@ -86,7 +90,7 @@ def load_delimited(
     options = [
         f"delim={sql_str(delim)}",
         f"header={'true' if header else 'false'}",
-        "all_varchar=true",
+        "auto_type_candidates=['VARCHAR']",
         "store_rejects=true",
         f"rejects_table={sql_str(rejects)}",
         f"rejects_scan={sql_str(scan)}",
@@ -94,10 +98,16 @@ def load_delimited(
         "auto_detect=false" if names and not header else "auto_detect=true",
     ]
     options += ["quote=''", "escape=''"] if not quoted else ["quote='\"'", "escape='\"'"]
-    if names and header:
-        options.append(f"names={sql_list(names)}")
-    elif names:
-        options.append("columns={" + ", ".join(f"{sql_str(c)}: 'VARCHAR'" for c in names) + "}")
+    types = dict(types or {})
+    if names and not header:  # no header: name and type every column ourselves
+        columns = ", ".join(f"{sql_str(c)}: {sql_str(types.get(c, 'VARCHAR'))}" for c in names)
+        options.append("columns={" + columns + "}")
+    else:
+        if names:
+            options.append(f"names={sql_list(names)}")
+        if types:
+            typed = ", ".join(f"{sql_str(k)}: {sql_str(v)}" for k, v in types.items())
+            options.append("types={" + typed + "}")
     reader = f"read_csv({sql_str(str(path))}, {', '.join(options)})"
     verb = "CREATE OR REPLACE TABLE" if replace else "INSERT INTO"
     select = f"SELECT *, {sql_str(label)} AS _file FROM {reader}"
@@ -230,10 +240,17 @@ def insert_records(ctx: PullContext, select_sql: str) -> None:
 
 
 def load_tables(
-    ctx: PullContext, role: str, *, delim: str, quoted: bool, table: str | None = None
+    ctx: PullContext,
+    role: str,
+    *,
+    delim: str,
+    quoted: bool,
+    types: Mapping[str, str] | None = None,
 ) -> str:
     """Load every input of a role (with header rows) into one raw table; returns its name."""
-    table = table or ctx.raw_table(role)
+    table = ctx.raw_table(role)
     for i, (label, path) in enumerate(ctx.inputs(role)):
-        load_delimited(ctx, table, path, label=label, delim=delim, quoted=quoted, replace=i == 0)
+        load_delimited(
+            ctx, table, path, label=label, delim=delim, quoted=quoted, types=types, replace=i == 0
+        )
     return table
