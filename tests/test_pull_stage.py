@@ -172,3 +172,25 @@ def test_demo_runs_end_to_end(tmp_path):
     refused = runner.invoke(app, ["demo", "-w", str(other)])
     assert refused.exit_code == 1 and "not a demo workspace" in refused.output
     shutil.rmtree(ws)
+
+
+def test_inat_open_data_from_the_dated_snapshot_tarball(
+    fresh_workspace, sample_pipeline, sample_server
+):
+    """The real manifest reads the four TSVs from the dated tarball: same records either way."""
+    manifest = sample_pipeline.sources["inat-open-data"]
+    tarball = manifest.base_url + "metadata/inaturalist-open-data-20241127.tar.gz"
+    files = {
+        role: dataclasses.replace(
+            spec, url=tarball, member=f"*/{role}.csv", checksums=(), size=None
+        )
+        for role, spec in manifest.files.items()
+    }
+    snapshot = dataclasses.replace(manifest, files=files)
+    result = pull_source(fresh_workspace, snapshot, fast_client(), mirror=sample_server.url)
+    assert result.records == 87
+    with fresh_workspace.connect(read_only=True) as con:
+        labels = {r[0] for r in con.execute("SELECT DISTINCT file FROM quarantine").fetchall()}
+    assert labels == {
+        "inaturalist-open-data-20241127.tar.gz!inaturalist-open-data-20241127/photos.csv"
+    }
