@@ -144,7 +144,8 @@ def pull_source(
         )
         con.execute("BEGIN TRANSACTION")
         try:
-            con.execute("DELETE FROM records WHERE source = ?", [manifest.name])
+            con.execute("DELETE FROM record_images WHERE source = ?", [manifest.name])
+            con.execute("DELETE FROM source_taxa WHERE source = ?", [manifest.name])
             con.execute("DELETE FROM quarantine WHERE source = ?", [manifest.name])
             con.execute("DROP TABLE IF EXISTS _rejected_lines")
             loader(context)

@@ -21,11 +21,15 @@ SUBDIRS = ("downloads", "staging", "release", "reports", "runs", "tmp")
 
 RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 _RANK_COLUMNS = ", ".join(f'"{rank}" VARCHAR' for rank in RANKS)
+_RANK_SELECT = ", ".join(f't."{rank}"' for rank in RANKS)
 
 # Core tables shared by all stages (docs/architecture.md). Stages may add their own.
 SCHEMA_SQL = f"""
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
-CREATE TABLE IF NOT EXISTS records (
+-- One row per source image. Taxon-level fields live once per source taxon in
+-- `source_taxa`; the `records` view joins them back (10M images share ~450K taxa, so
+-- the catalog stores and writes the names once, and the taxonomy stage resolves taxa).
+CREATE TABLE IF NOT EXISTS record_images (
     record_id VARCHAR GENERATED ALWAYS AS (source || ':' || source_id) VIRTUAL,
                                      -- '<source>:<source_id>', stable; computed, not stored
     source VARCHAR NOT NULL,         -- the `tol pull` name
@@ -38,15 +42,27 @@ CREATE TABLE IF NOT EXISTS records (
     license VARCHAR,                 -- canonical licence id (treeoflife.licenses)
     license_raw VARCHAR,
     rights_holder VARCHAR,
-    scientific_name VARCHAR,         -- the name as the source gave it
-    common_name VARCHAR,
-    taxon_rank VARCHAR,
-    source_taxon_id VARCHAR,
-    {_RANK_COLUMNS},                 -- ranks as the source gave them; species = binomial
+    taxon_key VARCHAR,               -- -> source_taxa (source, taxon_key)
     width INTEGER,
     height INTEGER,
     source_file VARCHAR
 );
+CREATE TABLE IF NOT EXISTS source_taxa (
+    source VARCHAR NOT NULL,
+    taxon_key VARCHAR NOT NULL,      -- the source's taxon id, or a digest of its names
+    source_taxon_id VARCHAR,
+    scientific_name VARCHAR,         -- the name as the source gave it
+    common_name VARCHAR,
+    taxon_rank VARCHAR,
+    {_RANK_COLUMNS}                  -- ranks as the source gave them; species = binomial
+);
+CREATE OR REPLACE VIEW records AS
+SELECT i.record_id, i.source, i.source_id, i.source_version, i.group_id, i.url, i.archive,
+       i.member, i.license, i.license_raw, i.rights_holder, t.scientific_name, t.common_name,
+       t.taxon_rank, t.source_taxon_id, {_RANK_SELECT}, i.width, i.height, i.source_file,
+       i.taxon_key
+FROM record_images i
+LEFT JOIN source_taxa t ON t.source = i.source AND t.taxon_key = i.taxon_key;
 CREATE TABLE IF NOT EXISTS quarantine (
     source VARCHAR NOT NULL, file VARCHAR NOT NULL, line BIGINT, reason VARCHAR NOT NULL,
     raw VARCHAR

@@ -39,6 +39,12 @@ def _ranks(missing: str | None) -> str:
     return ", ".join(f'{cell(rank)} AS "{rank}"' for rank in _RANKS_GIVEN)
 
 
+def _taxon_key(name: str, bin_id: str) -> str:
+    """BIOSCAN has no taxon ids: a taxon is its name, ranks and BOLD BIN together."""
+    parts = ", ".join([name, bin_id, *(f't."{rank}"' for rank in _RANKS_GIVEN)])
+    return f"md5(concat_ws('|', {parts}))"
+
+
 def load_bioscan_1m(ctx: PullContext) -> None:
     table = load_tables(
         ctx, "metadata", delim="\t", quoted=False, types={"chunk_number": "INTEGER"}
@@ -69,6 +75,7 @@ def load_bioscan_1m(ctx: PullContext) -> None:
                coalesce(t.copyright_holder, t.copyright_institution) AS rights_holder,
                nullif(t.name, 'not_classified') AS scientific_name,
                t.uri AS source_taxon_id, {_ranks("not_classified")},
+               {_taxon_key("t.name", "t.uri")} AS taxon_key,
                t._file AS source_file
         FROM {table} t
         LEFT JOIN _licenses l ON l.raw IS NOT DISTINCT FROM t.copyright_license
@@ -106,7 +113,8 @@ def load_bioscan_5m(ctx: PullContext) -> None:
                (SELECT license FROM _licenses) AS license,
                {sql_str(license_raw)} AS license_raw, {sql_str(rights_holder)} AS rights_holder,
                nullif(t.taxon, '') AS scientific_name, t.dna_bin AS source_taxon_id,
-               {_ranks(None)}, t._file AS source_file
+               {_ranks(None)}, {_taxon_key("t.taxon", "t.dna_bin")} AS taxon_key,
+               t._file AS source_file
         FROM {table} t
         WHERE {passed}
         """,

@@ -145,6 +145,7 @@ def load_eol(ctx: PullContext) -> None:
                l.license, t."License Name" AS license_raw, t."Copyright Owner" AS rights_holder,
                coalesce(r.name, {fallback_name}) AS scientific_name, {common} AS common_name,
                r.rank AS taxon_rank, {page}::VARCHAR AS source_taxon_id,
+               {page}::VARCHAR AS taxon_key,
                {", ".join(f'r."{rank}"' for rank in RANKS)}, t._file AS source_file
         FROM {media} t
         LEFT JOIN _page_ranks r ON r.page_id = {page}

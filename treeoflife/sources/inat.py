@@ -96,6 +96,14 @@ def load_open_data(ctx: PullContext) -> None:
     register_license_map(con, photos, "license", "4.0", "_licenses")
     size = ctx.option("photo_size", "medium")
     base = ctx.option("image_base_url", "https://inaturalist-open-data.s3.amazonaws.com/photos/")
+    taxa_sql = f"""
+        SELECT {sql_str(ctx.source)} AS source, o.taxon_id::VARCHAR AS taxon_key,
+               o.taxon_id::VARCHAR AS source_taxon_id, x.name AS scientific_name,
+               x.rank AS taxon_rank, {", ".join(f'r."{rank}"' for rank in RANKS)}
+        FROM (SELECT DISTINCT taxon_id FROM _valid_observations WHERE taxon_id IS NOT NULL) o
+        LEFT JOIN {taxa} x ON x.taxon_id = o.taxon_id
+        LEFT JOIN _taxon_ranks r ON r.taxon_id = o.taxon_id
+    """
     insert_records(
         ctx,
         f"""
@@ -105,19 +113,14 @@ def load_open_data(ctx: PullContext) -> None:
                {sql_str(base)} || t.photo_id || '/' || {sql_str(size)} || '.' || t.extension AS url,
                l.license, t.license AS license_raw,
                coalesce(nullif(nullif(trim(w.name), ''), 'None'), w.login) AS rights_holder,
-               x.name AS scientific_name, x.rank AS taxon_rank,
-               o.taxon_id::VARCHAR AS source_taxon_id,
-               {", ".join(f'r."{rank}"' for rank in RANKS)},
-               t.width, t.height,
-               t._file AS source_file
+               o.taxon_id::VARCHAR AS taxon_key, t.width, t.height, t._file AS source_file
         FROM {photos} t
         JOIN _valid_observations o ON o.observation_uuid = t.observation_uuid
-        LEFT JOIN {taxa} x ON x.taxon_id = o.taxon_id
-        LEFT JOIN _taxon_ranks r ON r.taxon_id = o.taxon_id
         LEFT JOIN {observers} w ON w.observer_id = t.observer_id
         LEFT JOIN _licenses l ON l.raw IS NOT DISTINCT FROM t.license
         WHERE {photos_passed}
         """,
+        taxa_sql,
     )
 
 
@@ -187,7 +190,7 @@ def load_inat21(ctx: PullContext) -> None:
                t._split || '_images' AS archive, t.file_name AS member,
                lm.license, lu.raw AS license_raw, t.rights_holder,
                c.name AS scientific_name, c.common_name, 'species' AS taxon_rank,
-               c.id::VARCHAR AS source_taxon_id,
+               c.id::VARCHAR AS source_taxon_id, c.id::VARCHAR AS taxon_key,
                c.kingdom, c.phylum, c.class, c."order", c.family, c.genus,
                c.genus || ' ' || c.specific_epithet AS species,
                t.width, t.height, t._file AS source_file

@@ -16,6 +16,7 @@ import duckdb
 
 from treeoflife.archives import extract_member, match_members
 from treeoflife.manifest import SourceManifest
+from treeoflife.workspace import RANKS
 
 _counter = itertools.count()
 
@@ -234,9 +235,30 @@ def duplicate_check(ctx: PullContext, table: str, key: str, what: str) -> Check:
     )
 
 
-def insert_records(ctx: PullContext, select_sql: str) -> None:
-    """Append the loader's SELECT to `records`, matching columns by name (others stay NULL)."""
-    ctx.con.execute(f"INSERT INTO records BY NAME {select_sql}")
+TAXON_COLUMNS = ("source_taxon_id", "scientific_name", "common_name", "taxon_rank", *RANKS)
+
+
+def insert_records(ctx: PullContext, select_sql: str, taxa_sql: str | None = None) -> None:
+    """Add the loader's SELECT (one row per image: `records` columns + `taxon_key`).
+
+    Taxon columns go once per `taxon_key` to `source_taxa`, the rest to `record_images`;
+    columns the SELECT lacks stay NULL. Writing names once per taxon instead of once per
+    image halves the ingest's write time at 5M+ rows. Big sources pass `taxa_sql` (one row
+    per taxon, from their small taxon tables); otherwise the taxa are the DISTINCT taxon
+    columns of the image rows.
+    """
+    con = ctx.con
+    con.execute(f"CREATE OR REPLACE TEMP VIEW _record_rows AS {select_sql}")
+    given = [row[0] for row in con.execute("DESCRIBE _record_rows").fetchall()]
+    if taxa_sql is None:
+        taxon = ", ".join(f'"{c}"' for c in TAXON_COLUMNS if c in given)
+        taxa_sql = (
+            f"SELECT DISTINCT source, taxon_key, {taxon} FROM _record_rows "
+            "WHERE taxon_key IS NOT NULL"
+        )
+    con.execute(f"INSERT INTO source_taxa BY NAME {taxa_sql}")
+    image = ", ".join(f'"{c}"' for c in given if c not in TAXON_COLUMNS)
+    con.execute(f"INSERT INTO record_images BY NAME SELECT {image} FROM _record_rows")
 
 
 def load_tables(
