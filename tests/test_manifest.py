@@ -1,7 +1,7 @@
 import pytest
 
 from treeoflife.errors import TolError
-from treeoflife.manifest import load_manifest, load_pipeline, repo_dir
+from treeoflife.manifest import find_manifest, load_manifest, load_pipeline, repo_dir
 from treeoflife.sources import LOADERS
 
 
@@ -55,3 +55,10 @@ def test_bad_manifests_name_the_file_and_field(tmp_path):
         load_manifest(path)
     with pytest.raises(TolError, match="no such file"):
         load_pipeline("does-not-exist")
+
+
+def test_sources_outside_the_pipeline_find_their_pinned_manifest():
+    assert find_manifest("bioscan-5m").version == "1.0"
+    assert find_manifest("inat-open-data").files["photos"].member == "*/photos.csv"
+    with pytest.raises(TolError, match="0 manifests"):
+        find_manifest("nope")

@@ -154,7 +154,7 @@ def test_cli_pull_all_and_status(tmp_path, sample_server):
     assert pulled["complete"] and pulled["rows"] == 346
     assert set(pulled["sources"]) == {"inat21", "inat-open-data", "bioscan-1m", "bioscan-5m", "eol"}
     bad = runner.invoke(app, ["pull", "nope", "--pipeline", "sample", "-w", str(ws)])
-    assert bad.exit_code == 1 and "has no source 'nope'" in bad.output
+    assert bad.exit_code == 1 and "unknown source 'nope'" in bad.output
 
 
 @pytest.mark.slow

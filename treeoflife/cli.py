@@ -14,7 +14,7 @@ from rich.table import Table
 from treeoflife import __version__
 from treeoflife.errors import TolError
 from treeoflife.http import HttpClient, HttpPolicy
-from treeoflife.manifest import load_manifest, load_pipeline, repo_dir
+from treeoflife.manifest import find_manifest, load_manifest, load_pipeline, repo_dir
 from treeoflife.progress import download_bars
 from treeoflife.pull import PullResult, pull_source
 from treeoflife.sources import LOADERS
@@ -136,10 +136,12 @@ def pull(
                 manifests = list(plan.sources.values())
             elif source in plan.sources:
                 manifests = [plan.sources[source]]
+            elif source in LOADERS:
+                manifests = [find_manifest(source)]
             else:
                 raise TolError(
-                    f"pipeline {plan.path} has no source {source!r}; "
-                    f"it lists: {', '.join(plan.sources)}"
+                    f"unknown source {source!r}: pipeline {plan.path} lists "
+                    f"{', '.join(plan.sources)}; tol pull knows {', '.join(sorted(LOADERS))}"
                 )
         ws = Workspace(workspace).init()
         policy = HttpPolicy(retries=retries)
@@ -158,9 +160,10 @@ def run_pulls(
         for manifest in manifests:
             if manifest.name not in LOADERS:
                 continue  # authorities are loaded by `tol taxa load-authority`
-            results.append(
-                pull_source(ws, manifest, client, mirror=mirror, force=force, progress=bars)
-            )
+            with console.status(f"pulling {manifest.name} {manifest.version} ..."):
+                results.append(
+                    pull_source(ws, manifest, client, mirror=mirror, force=force, progress=bars)
+                )
     return results
 
 

@@ -182,3 +182,19 @@ def load_pipeline(name_or_path: str | Path) -> Pipeline:
         stages=doc.get("stages", {}),
         path=path,
     )
+
+
+def find_manifest(source: str) -> SourceManifest:
+    """The one pinned manifest in `manifests/` (not its sample/ folder) for a source name."""
+    found = [
+        manifest
+        for path in sorted(repo_dir("manifests").glob("*.toml"))
+        if (manifest := load_manifest(path)).name == source
+    ]
+    if len(found) != 1:
+        where = ", ".join(str(m.path) for m in found) or "none"
+        raise TolError(
+            f"{len(found)} manifests in manifests/ pin source {source!r} ({where}); "
+            "name one with --manifest or list it in the pipeline"
+        )
+    return found[0]

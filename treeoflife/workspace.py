@@ -7,6 +7,7 @@ Every stage reads and writes one workspace; only the coordinating process opens
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from treeoflife.errors import TolError
 
 SCHEMA_VERSION = 1
 DEFAULT_WORKSPACE = Path("tol-workspace")
+DEFAULT_MEMORY_LIMIT = "1GB"
 SUBDIRS = ("downloads", "staging", "release", "reports", "runs", "tmp")
 
 RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
@@ -136,9 +138,14 @@ class Workspace:
 
     @contextlib.contextmanager
     def connect(
-        self, *, create: bool = False, read_only: bool = False, memory_limit: str = "2GB"
+        self, *, create: bool = False, read_only: bool = False, memory_limit: str | None = None
     ) -> Iterator[duckdb.DuckDBPyConnection]:
-        """Open the catalog; spills to the workspace tmp/ so big joins stay within memory."""
+        """Open the catalog; spills to the workspace tmp/ so big joins stay within memory.
+
+        DuckDB's buffer limit defaults to 1 GB ($TOL_MEMORY_LIMIT overrides it), which keeps
+        a 20M-row ingest under 2 GB of resident memory; raise it on a big machine.
+        """
+        memory_limit = memory_limit or os.environ.get("TOL_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT)
         if not create and not self.exists():
             raise TolError(
                 f"no workspace at {self.root} (missing {self.catalog_path.name}); "
