@@ -24,6 +24,7 @@ app = typer.Typer(
     help="treeoflife: build, audit, publish and train on TreeOfLife-style biology image "
     "datasets. Every command reads and writes one workspace folder (--workspace).",
     no_args_is_help=True,
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
@@ -123,7 +124,7 @@ def pull(
 ) -> None:
     """Download a source's metadata (resumable, checksummed) and ingest it into the catalog.
 
-    Every source column lands in raw_<source>__<file> tables; one row per image goes to
+    Every source column lands in `raw_<source>__<file>` tables; one row per image goes to
     `records`; malformed rows go to `quarantine` with file, line and reason. Re-running
     adds nothing twice and skips sources whose files are unchanged.
     """
