@@ -61,7 +61,10 @@ def load_open_data(ctx: PullContext) -> None:
     quarantine_failures(ctx, observers, [Check("t.observer_id IS NULL", "'observer_id is empty'")])
     # An observation whose taxon is not in taxa.csv still yields records, with no ranks:
     # the taxonomy stage reports them unresolved rather than the pull dropping the images.
-    observation_checks = [Check("t.observation_uuid IS NULL", "'observation_uuid is empty'")]
+    observation_checks = [
+        Check("t.observation_uuid IS NULL", "'observation_uuid is empty'"),
+        duplicate_check(ctx, observations, "observation_uuid", "observation_uuid"),
+    ]
     observations_passed = quarantine_failures(ctx, observations, observation_checks)
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW _valid_observations AS "
@@ -69,15 +72,12 @@ def load_open_data(ctx: PullContext) -> None:
     )
     photo_checks = [
         Check("t.photo_id IS NULL", "'photo_id is empty'"),
-        Check(
-            "NOT EXISTS (SELECT 1 FROM _valid_observations o "
-            "WHERE o.observation_uuid = t.observation_uuid)",
-            "'observation_uuid ' || coalesce(t.observation_uuid::VARCHAR, '(empty)') "
-            "|| ' is not a valid row of observations'",
-        ),
         duplicate_check(ctx, photos, "photo_id", "photo_id"),
     ]
     photos_passed = quarantine_failures(ctx, photos, photo_checks)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _photos_failed AS SELECT failed_rowid FROM _failed_{photos}"
+    )
 
     con.execute(
         f"""
@@ -122,6 +122,31 @@ def load_open_data(ctx: PullContext) -> None:
         """,
         taxa_sql,
     )
+    _quarantine_orphan_photos(ctx, photos)
+
+
+def _quarantine_orphan_photos(ctx: PullContext, photos: str) -> None:
+    """Photos whose observation is missing got no record (inner join); quarantine them.
+
+    Counting first skips the anti-join over every photo when none is missing (the usual
+    case), which saves a second pass over the biggest join of the pull.
+    """
+    con = ctx.con
+    total, failed, recorded = con.execute(
+        f"SELECT (SELECT count(*) FROM {photos}), (SELECT count(*) FROM _photos_failed), "
+        "(SELECT count(*) FROM record_images WHERE source = ?)",
+        [ctx.source],
+    ).fetchone()
+    if total - failed == recorded:
+        return
+    orphan = Check(
+        "NOT EXISTS (SELECT 1 FROM _valid_observations o "
+        "WHERE o.observation_uuid = t.observation_uuid) "
+        "AND t.rowid NOT IN (SELECT failed_rowid FROM _photos_failed)",
+        "'observation_uuid ' || coalesce(t.observation_uuid::VARCHAR, '(empty)') "
+        "|| ' is not a valid row of observations'",
+    )
+    quarantine_failures(ctx, photos, [orphan])
 
 
 def load_inat21(ctx: PullContext) -> None:

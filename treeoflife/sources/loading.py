@@ -223,14 +223,25 @@ def is_int(column: str) -> str:
 
 
 def duplicate_check(ctx: PullContext, table: str, key: str, what: str) -> Check:
-    """A check failing every row whose `key` repeats an earlier row's (the first one is kept)."""
-    firsts = f"_first_{table}_{key.strip(chr(34)).replace(' ', '_')}"
+    """A check failing every row whose `key` repeats an earlier row's (the first one is kept).
+
+    The repeated rows are found with an equi-join on the (few) repeated keys and kept as
+    rowids, so the check itself is a cheap semi-join, not a join with an inequality.
+    """
+    repeats = f"_repeats_{table}_{key.strip(chr(34)).replace(' ', '_')}"
     ctx.con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {firsts} AS SELECT {key} AS k, min(rowid) AS first_rowid "
-        f"FROM {table} WHERE {key} IS NOT NULL GROUP BY {key} HAVING count(*) > 1"
+        f"""
+        CREATE OR REPLACE TEMP TABLE {repeats} AS
+        WITH firsts AS (
+            SELECT {key} AS k, min(rowid) AS first_rowid FROM {table}
+            WHERE {key} IS NOT NULL GROUP BY {key} HAVING count(*) > 1
+        )
+        SELECT t.rowid AS repeat_rowid FROM {table} t JOIN firsts d ON d.k = t.{key}
+        WHERE t.rowid <> d.first_rowid
+        """
     )
     return Check(
-        fails=f"EXISTS (SELECT 1 FROM {firsts} d WHERE d.k = t.{key} AND d.first_rowid <> t.rowid)",
+        fails=f"t.rowid IN (SELECT repeat_rowid FROM {repeats})",
         reason=f"'duplicate {what} ' || t.{key} || ' (an earlier row is kept)'",
     )
 
