@@ -150,7 +150,7 @@ def pull_source(
             con.execute("DROP TABLE IF EXISTS _rejected_lines")
             loader(context)
             records = con.execute(
-                "SELECT count(*) FROM records WHERE source = ?", [manifest.name]
+                "SELECT count(*) FROM record_images WHERE source = ?", [manifest.name]
             ).fetchone()[0]
             quarantined = con.execute(
                 "SELECT count(*) FROM quarantine WHERE source = ?", [manifest.name]
