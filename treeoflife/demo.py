@@ -12,9 +12,9 @@ from pathlib import Path
 from rich.console import Console
 
 from treeoflife.errors import TolError
-from treeoflife.http import HttpPolicy
+from treeoflife.http import HttpClient, HttpPolicy
 from treeoflife.loopback import FaultPlan, LoopbackServer
-from treeoflife.manifest import load_pipeline
+from treeoflife.manifest import load_manifest, load_pipeline, repo_dir
 from treeoflife.sample import SAMPLE_FILES
 from treeoflife.workspace import Workspace
 
@@ -39,6 +39,21 @@ def demo_faults() -> FaultPlan:
     return FaultPlan(status_5xx_first=1, reset_first=1, status_429_first=0, retry_after_s=0)
 
 
+AUTHORITY_KINDS = {"gbif-backbone": "gbif", "col": "col"}
+
+
+def load_sample_authorities(workspace: Workspace, pipeline, mirror: str) -> list:
+    """The taxonomy authorities the sample pipeline names, downloaded over loopback."""
+    from treeoflife.taxonomy.authority import load_authority_from
+
+    stats = []
+    with HttpClient(DEMO_POLICY) as client:
+        for manifest_name in pipeline.stages.get("taxa", {}).get("authorities", []):
+            kind = AUTHORITY_KINDS[load_manifest(repo_dir("manifests") / manifest_name).name]
+            stats.append(load_authority_from(workspace, kind, manifest_name, client, mirror=mirror))
+    return stats
+
+
 def run_demo(root: Path, *, faults: bool, console: Console) -> None:
     from treeoflife.cli import print_pull_summary, run_pulls
 
@@ -53,9 +68,16 @@ def run_demo(root: Path, *, faults: bool, console: Console) -> None:
             force=False,
             policy=DEMO_POLICY,
         )
+        authorities = load_sample_authorities(workspace, pipeline, server.url)
         failed = [r for r in server.request_log if r[2] >= 500 or r[2] in (0, 429)]
     console.print(
         f"HTTP: {len(server.request_log)} requests, {len(failed)} injected faults survived by retry"
     )
     print_pull_summary(workspace, results)
+    for stats in authorities:
+        console.print(
+            f"authority {stats.authority} {stats.version}: {stats.taxa} taxa "
+            f"({stats.accepted} accepted, {stats.synonyms} synonyms), "
+            f"{stats.vernaculars} vernacular names"
+        )
     console.print(f"workspace: {workspace.root}  (try `tol status -w {workspace.root}`)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import zipfile
 from pathlib import Path
 
@@ -191,3 +192,24 @@ def test_download_authority_fetches_the_manifest_file(tmp_path):
         path = download_authority(workspace, manifest, client, mirror=server.url)
     assert path == workspace.downloads / "col" / manifest.version / "2024_coldp.zip"
     assert path.read_bytes() == COL_ZIP.read_bytes()
+
+
+def test_cli_load_authority_from_path_and_manifest(tmp_path):
+    from typer.testing import CliRunner
+
+    from treeoflife.cli import app
+
+    runner = CliRunner()
+    ws = tmp_path / "ws"
+    backbone = SAMPLE_FILES / "hosted-datasets.gbif.org/datasets/backbone/2023-08-28/backbone.zip"
+    result = runner.invoke(app, ["taxa", "load-authority", "gbif", str(backbone), "-w", str(ws)])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout)
+    assert stats["authority"] == "gbif" and stats["taxa"] > 100 and stats["version"] == "local"
+    with LoopbackServer(SAMPLE_FILES) as server:
+        args = ["taxa", "load-authority", "col", "sample/col.toml", "-w", str(ws)]
+        result = runner.invoke(app, [*args, "--mirror", server.url])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["version"] == "2024-sample"
+    bad = runner.invoke(app, ["taxa", "load-authority", "itis", str(backbone), "-w", str(ws)])
+    assert bad.exit_code == 1 and "unknown authority kind" in bad.output

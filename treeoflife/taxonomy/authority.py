@@ -16,7 +16,7 @@ import duckdb
 from treeoflife.archives import extract_member, is_archive, list_members
 from treeoflife.errors import TolError
 from treeoflife.http import HttpClient
-from treeoflife.manifest import SourceManifest
+from treeoflife.manifest import SourceManifest, load_manifest, repo_dir
 from treeoflife.pull import download_source_files
 from treeoflife.sources.loading import (
     Check,
@@ -336,6 +336,39 @@ def download_authority(
         )
     (role,) = manifest.files
     return download_source_files(workspace, manifest, client, mirror=mirror, roles=[role])[role]
+
+
+def load_authority_from(
+    workspace: Workspace,
+    kind: str,
+    source: str,
+    client: HttpClient,
+    *,
+    version: str | None = None,
+    mirror: str | None = None,
+) -> AuthorityStats:
+    """`tol taxa load-authority`: SOURCE is a manifest (.toml), an http(s) URL or a path."""
+    if source.endswith(".toml"):
+        candidate = Path(source)
+        if not candidate.exists():
+            candidate = repo_dir("manifests") / source
+        manifest = load_manifest(candidate)
+        path = download_authority(workspace, manifest, client, mirror=mirror)
+        version = version or manifest.version
+        extract = path.parent / "extracted"
+    elif source.startswith(("http://", "https://")):
+        version = version or "url"
+        folder = workspace.downloads / f"authority-{kind}" / version
+        folder.mkdir(parents=True, exist_ok=True)
+        name = source.rsplit("/", 1)[-1].split("?", 1)[0] or "authority"
+        path = client.download(source, folder / name)
+        extract = folder / "extracted"
+    else:
+        path = Path(source)
+        version = version or "local"
+        extract = workspace.downloads / f"authority-{kind}" / version / "extracted"
+    with workspace.connect() as con:
+        return load_authority(con, kind, path, version=version, extract_dir=extract)
 
 
 # inputs -------------------------------------------------------------------------------------
