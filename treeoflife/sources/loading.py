@@ -1,13 +1,14 @@
 """Shared machinery of the source loaders: raw tables, rejected rows and the quarantine.
 
 Every loader reads its files with DuckDB's own readers into `raw_<source>__<role>` tables
-(every source column kept, as VARCHAR), sends rows DuckDB could not parse and rows that
-fail a check to `quarantine` with file, line and reason, and fills `records` in SQL.
+(every source column kept; VARCHAR except the ids it types), sends rows DuckDB could not
+parse and rows that fail a check to `quarantine` with file, line and reason, and fills
+`record_images` and `source_taxa` (the `records` view) in SQL.
 """
 
 from __future__ import annotations
 
-import itertools
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,6 @@ import duckdb
 from treeoflife.archives import extract_member, match_members
 from treeoflife.manifest import SourceManifest
 from treeoflife.workspace import RANKS
-
-_counter = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -86,8 +85,8 @@ def load_delimited(
     Returns the number of rows accepted. The rejected line numbers are kept in
     `_rejected_lines` so later checks can compute the file line of an accepted row.
     """
-    n = next(_counter)
-    rejects, scan = f"_rejects_{n}", f"_rejects_scan_{n}"
+    tag = uuid.uuid4().hex[:12]
+    rejects, scan = f"_rejects_{tag}", f"_rejects_scan_{tag}"
     options = [
         f"delim={sql_str(delim)}",
         f"header={'true' if header else 'false'}",
