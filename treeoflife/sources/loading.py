@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
-from treeoflife.archives import extract_member, match_members
+from treeoflife.archives import extract_matching
 from treeoflife.manifest import SourceManifest
 from treeoflife.workspace import RANKS
 
@@ -28,6 +28,7 @@ class PullContext:
     manifest: SourceManifest
     files: dict[str, Path]
     extract_dir: Path
+    extracted: dict[str, list[tuple[str, Path]]] = field(default_factory=dict)
 
     @property
     def source(self) -> str:
@@ -39,17 +40,22 @@ class PullContext:
     def inputs(self, role: str) -> list[tuple[str, Path]]:
         """(label, path) of the file(s) to read for a role: the download, or its member(s).
 
-        The label (file name, or `archive!member`) is what quarantine rows name.
+        The label (file name, or `archive!member`) is what quarantine rows name. The members
+        of every role that shares an archive are extracted together, in one pass.
         """
         spec = self.manifest.file(role)
         path = self.files[role]
         if not spec.member:
             return [(path.name, path)]
-        names = match_members(path, spec.member)
-        return [
-            (f"{path.name}!{name}", extract_member(path, name, self.extract_dir / role))
-            for name in names
-        ]
+        if role not in self.extracted:
+            sharing = {
+                other: self.manifest.file(other).member
+                for other, other_path in self.files.items()
+                if other_path == path and self.manifest.file(other).member
+            }
+            dest_dirs = {other: self.extract_dir / other for other in sharing}
+            self.extracted.update(extract_matching(path, sharing, dest_dirs))
+        return [(f"{path.name}!{name}", member) for name, member in self.extracted[role]]
 
     def option(self, key: str, default=None):
         return self.manifest.options.get(key, default)
