@@ -81,15 +81,15 @@ def load_delimited(
     names: Sequence[str] | None = None,
     types: Mapping[str, str] | None = None,
     replace: bool = True,
-) -> int:
+) -> None:
     """Read one CSV/TSV (gzip or plain) into `table` as VARCHAR; rejected lines to quarantine.
 
     `quoted=False` is for the iNat dumps, whose text is never quoted and may hold `"`.
     Columns are VARCHAR (lossless) except those `types` names (ids, uuids, counts): typed
     columns store and join faster, and a value that does not cast rejects its row, which
     lands in quarantine with DuckDB's message and the line.
-    Returns the number of rows accepted. The rejected line numbers are kept in
-    `_rejected_lines` so later checks can compute the file line of an accepted row.
+    The rejected line numbers are kept in `_rejected_lines` so later checks can compute
+    the file line of an accepted row.
     """
     tag = uuid.uuid4().hex[:12]
     rejects, scan = f"_rejects_{tag}", f"_rejects_scan_{tag}"
@@ -134,9 +134,6 @@ def load_delimited(
     )
     ctx.con.execute(f"DROP TABLE IF EXISTS {rejects}")
     ctx.con.execute(f"DROP TABLE IF EXISTS {scan}")
-    return ctx.con.execute(
-        f"SELECT count(*) FROM {table} WHERE _file = {sql_str(label)}"
-    ).fetchone()[0]
 
 
 def ensure_rejected_lines(con: duckdb.DuckDBPyConnection) -> None:
