@@ -14,7 +14,7 @@ from rich.console import Console
 from treeoflife.errors import TolError
 from treeoflife.http import HttpClient, HttpPolicy
 from treeoflife.loopback import FaultPlan, LoopbackServer
-from treeoflife.manifest import load_manifest, load_pipeline, repo_dir
+from treeoflife.manifest import load_pipeline
 from treeoflife.sample import SAMPLE_FILES
 from treeoflife.workspace import Workspace
 
@@ -39,19 +39,15 @@ def demo_faults() -> FaultPlan:
     return FaultPlan(status_5xx_first=1, reset_first=1, status_429_first=0, retry_after_s=0)
 
 
-AUTHORITY_KINDS = {"gbif-backbone": "gbif", "col": "col"}
-
-
 def load_sample_authorities(workspace: Workspace, pipeline, mirror: str) -> list:
     """The taxonomy authorities the sample pipeline names, downloaded over loopback."""
     from treeoflife.taxonomy.authority import load_authority_from
 
-    stats = []
     with HttpClient(DEMO_POLICY) as client:
-        for manifest_name in pipeline.stages.get("taxa", {}).get("authorities", []):
-            kind = AUTHORITY_KINDS[load_manifest(repo_dir("manifests") / manifest_name).name]
-            stats.append(load_authority_from(workspace, kind, manifest_name, client, mirror=mirror))
-    return stats
+        return [
+            load_authority_from(workspace, None, manifest_name, client, mirror=mirror)
+            for manifest_name in pipeline.stages.get("taxa", {}).get("authorities", [])
+        ]
 
 
 def run_demo(root: Path, *, faults: bool, console: Console) -> None:

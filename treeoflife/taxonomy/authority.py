@@ -33,6 +33,8 @@ from treeoflife.workspace import RANKS, Workspace
 log = logging.getLogger(__name__)
 
 KINDS = ("gbif", "col", "inat")
+# The authority kind of each authority manifest's source name (manifests/*.toml).
+KIND_OF_SOURCE = {"gbif-backbone": "gbif", "col": "col", "inat-taxa": "inat"}
 STATUSES = ("accepted", "synonym", "doubtful", "other")
 
 _RANK_COLUMNS = ", ".join(f'"{rank}" VARCHAR' for rank in RANKS)
@@ -340,22 +342,30 @@ def download_authority(
 
 def load_authority_from(
     workspace: Workspace,
-    kind: str,
+    kind: str | None,
     source: str,
     client: HttpClient,
     *,
     version: str | None = None,
     mirror: str | None = None,
 ) -> AuthorityStats:
-    """`tol taxa load-authority`: SOURCE is a manifest (.toml), an http(s) URL or a path."""
+    """`tol taxa load-authority`: SOURCE is a manifest (.toml), an http(s) URL or a path.
+
+    `kind=None` takes the kind from a manifest's source name (KIND_OF_SOURCE).
+    """
     if source.endswith(".toml"):
         candidate = Path(source)
         if not candidate.exists():
             candidate = repo_dir("manifests") / source
         manifest = load_manifest(candidate)
+        kind = kind or KIND_OF_SOURCE.get(manifest.name)
+        if kind is None:
+            raise TolError(f"{candidate}: source {manifest.name!r} is not a known authority")
         path = download_authority(workspace, manifest, client, mirror=mirror)
         version = version or manifest.version
         extract = path.parent / "extracted"
+    elif kind is None:
+        raise TolError(f"{source}: give the authority kind ({', '.join(KINDS)})")
     elif source.startswith(("http://", "https://")):
         version = version or "url"
         folder = workspace.downloads / f"authority-{kind}" / version
