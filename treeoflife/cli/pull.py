@@ -1,9 +1,8 @@
-"""The `tol` command line: parses options and calls the stage functions; no logic of its own."""
+"""`tol init`, `tol status`, `tol pull` and `tol manifests`."""
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -11,51 +10,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from treeoflife import __version__
+from treeoflife.cli.common import DEFAULT_WORKSPACE, WorkspaceOption, console, fail
 from treeoflife.errors import TolError
 from treeoflife.http import HttpClient, HttpPolicy
 from treeoflife.manifest import find_manifest, load_manifest, load_pipeline, repo_dir
 from treeoflife.progress import download_bars
 from treeoflife.pull import PullResult, pull_source
 from treeoflife.sources import LOADERS
-from treeoflife.workspace import DEFAULT_WORKSPACE, Workspace, status
+from treeoflife.workspace import Workspace, status
 
-app = typer.Typer(
-    help="treeoflife: build, audit, publish and train on TreeOfLife-style biology image "
-    "datasets. Every command reads and writes one workspace folder (--workspace).",
-    no_args_is_help=True,
-    rich_markup_mode="markdown",
-    pretty_exceptions_enable=False,
-)
-console = Console(stderr=True)
-
-WorkspaceOption = Annotated[
-    Path,
-    typer.Option(
-        "--workspace",
-        "-w",
-        help="Workspace folder (catalog.duckdb, downloads/, staging/, release/, reports/).",
-        envvar="TOL_WORKSPACE",
-    ),
-]
-
-
-def _fail(exc: TolError) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=1)
-
-
-@app.callback()
-def main(
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Log retries and steps.")
-    ] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
-    if version:
-        print(__version__)
-        raise typer.Exit()
+app = typer.Typer()
 
 
 @app.command()
@@ -64,7 +28,7 @@ def init(workspace: WorkspaceOption = DEFAULT_WORKSPACE) -> None:
     try:
         Workspace(workspace).init()
     except TolError as exc:
-        _fail(exc)
+        fail(exc)
     console.print(f"workspace ready at {workspace}")
 
 
@@ -78,7 +42,7 @@ def status_command(
         with Workspace(workspace).connect(read_only=True) as con:
             report = status(con)
     except TolError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         print(json.dumps(report, indent=2))
         return
@@ -148,7 +112,7 @@ def pull(
         policy = HttpPolicy(retries=retries)
         results = run_pulls(ws, manifests, mirror=mirror, force=force, policy=policy)
     except TolError as exc:
-        _fail(exc)
+        fail(exc)
     print_pull_summary(ws, results)
 
 
@@ -187,67 +151,6 @@ def print_pull_summary(ws: Workspace, results: list[PullResult]) -> None:
             out.print(f"  {source} {file}:{line}  {reason}")
         if len(reasons) > 40:
             out.print(f"  ... and {len(reasons) - 40} more")
-
-
-taxa_app = typer.Typer(
-    help="Taxonomy: load authorities (GBIF backbone, Catalogue of Life, iNaturalist taxa).",
-    no_args_is_help=True,
-    rich_markup_mode="markdown",
-)
-app.add_typer(taxa_app, name="taxa")
-
-
-@taxa_app.command("load-authority")
-def load_authority_command(
-    kind: Annotated[str, typer.Argument(help="Authority kind: gbif, col or inat.")],
-    source: Annotated[
-        str,
-        typer.Argument(
-            help="A local file or folder (backbone.zip, a ColDP zip, taxa.csv.gz), an "
-            "http(s) URL, or a manifest (.toml, e.g. manifests/gbif-backbone-2023-08-28.toml)."
-        ),
-    ],
-    workspace: WorkspaceOption = DEFAULT_WORKSPACE,
-    version: Annotated[
-        str | None, typer.Option(help="Version label (default: the manifest's, else 'local').")
-    ] = None,
-    mirror: Annotated[
-        str | None, typer.Option(help="Mirror laid out like `wget --mirror` (manifests only).")
-    ] = None,
-) -> None:
-    """Load a taxonomic authority into `authority_taxa` and `authority_vernaculars`.
-
-    Streams through DuckDB; builds each accepted taxon's 7-rank classification from the
-    flat columns or by walking parent links; synonyms carry their accepted taxon's ranks.
-    Re-loading replaces that authority's rows in one transaction.
-    """
-    from treeoflife.taxonomy.authority import load_authority_from
-
-    try:
-        ws = Workspace(workspace).init()
-        with HttpClient(HttpPolicy()) as client, console.status(f"loading {kind} ..."):
-            stats = load_authority_from(ws, kind, source, client, version=version, mirror=mirror)
-    except TolError as exc:
-        _fail(exc)
-    print(json.dumps(stats.to_json(), indent=2))
-
-
-@app.command()
-def demo(
-    workspace: Annotated[
-        Path, typer.Option("--workspace", "-w", help="Demo workspace (recreated each run).")
-    ] = Path("tol-demo"),
-    faults: Annotated[
-        bool, typer.Option(help="Inject HTTP faults (5xx, 429, resets, truncation).")
-    ] = True,
-) -> None:
-    """Run the pipeline on the bundled sample, served from a loopback HTTP server."""
-    from treeoflife.demo import run_demo
-
-    try:
-        run_demo(workspace, faults=faults, console=Console())
-    except TolError as exc:
-        _fail(exc)
 
 
 @app.command("manifests")

@@ -1,0 +1,32 @@
+"""`tol demo`: the whole chain on the bundled sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from treeoflife.cli.common import fail
+from treeoflife.errors import TolError
+
+app = typer.Typer()
+
+
+@app.command()
+def demo(
+    workspace: Annotated[
+        Path, typer.Option("--workspace", "-w", help="Demo workspace (recreated each run).")
+    ] = Path("tol-demo"),
+    faults: Annotated[
+        bool, typer.Option(help="Inject HTTP faults (5xx, 429, resets, truncation).")
+    ] = True,
+) -> None:
+    """Run the pipeline on the bundled sample, served from a loopback HTTP server."""
+    from treeoflife.demo import run_demo
+
+    try:
+        run_demo(workspace, faults=faults, console=Console())
+    except TolError as exc:
+        fail(exc)
