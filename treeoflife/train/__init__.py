@@ -1,0 +1,1 @@
+"""The bundled BioCLIP-style trainer: webdataset loader, training loop, checkpoints."""
