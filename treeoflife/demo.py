@@ -51,7 +51,7 @@ def load_sample_authorities(workspace: Workspace, pipeline, mirror: str) -> list
 
 
 def run_demo(root: Path, *, faults: bool, console: Console) -> None:
-    from treeoflife.cli import print_pull_summary, run_pulls
+    from treeoflife.cli.pull import print_pull_summary, run_pulls
 
     workspace = fresh_demo_workspace(root)
     pipeline = load_pipeline("sample")
