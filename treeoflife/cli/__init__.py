@@ -9,7 +9,12 @@ from typing import Annotated
 import typer
 
 from treeoflife import __version__
-from treeoflife.cli import demo, pull, taxa
+from treeoflife.cli import audit, demo, pull, taxa
+from treeoflife.cli import dedup as dedup_cli
+from treeoflife.cli import evaluate as evaluate_cli
+from treeoflife.cli import images as images_cli
+from treeoflife.cli import release as release_cli
+from treeoflife.cli import train as train_cli
 
 app = typer.Typer(
     help="treeoflife: build, audit, publish and train on TreeOfLife-style biology image "
@@ -37,3 +42,9 @@ def main(
 app.add_typer(pull.app)
 app.add_typer(taxa.taxa_app, name="taxa")
 app.add_typer(demo.app)
+app.add_typer(dedup_cli.app)
+app.add_typer(audit.app)
+app.add_typer(images_cli.images_app, name="images")
+app.add_typer(evaluate_cli.app)
+app.add_typer(release_cli.app)
+app.add_typer(train_cli.app)
