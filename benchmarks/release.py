@@ -122,6 +122,7 @@ def run(records: int, keep: Path | None) -> dict:
         shutil.rmtree(root)
     try:
         workspace, build_s = timed(lambda: build_workspace(root, records))
+        load_before = os.getloadavg()[0]
         rows = []
         release = root / "release"
         shard_stats = {}
@@ -176,6 +177,7 @@ def run(records: int, keep: Path | None) -> dict:
                 "platform": platform.platform(),
             },
             "note": drop_caches_note(),
+            "load_average_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],
             "rows": [
                 {
                     "what": what,
@@ -196,7 +198,8 @@ def run(records: int, keep: Path | None) -> dict:
 def print_table(results: dict) -> None:
     print(
         f"release benchmark: {results['records']} records -> {results['samples']} samples "
-        f"({results['megabytes']} MB, {results['shards']} shards); {results['note']}"
+        f"({results['megabytes']} MB, {results['shards']} shards); {results['note']}; "
+        f"load average before/after {results['load_average_1min']}"
     )
     print(f"{'what':<28} {'workers':>7} {'seconds':>8} {'MB/s':>8} {'samples/s':>10}")
     for row in results["rows"]:

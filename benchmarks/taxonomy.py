@@ -120,6 +120,14 @@ def build_backbone(con: duckdb.DuckDBPyConnection, names: int) -> dict:
     ).fetchall()[0]
 
 
+def own(rank: str) -> str:
+    """SQL: the rank of the taxon a source name belongs to (synonym, genus or species)."""
+    return (
+        f"(CASE WHEN kind BETWEEN 790 AND 829 THEN y.{rank} "
+        f"WHEN kind BETWEEN 845 AND 914 THEN g.{rank} ELSE s.{rank} END)"
+    )
+
+
 def build_catalog(con: duckdb.DuckDBPyConnection, taxa: int, records: int) -> None:
     """`taxa` source taxa over 3 sources and `records` images, Zipf-like per taxon."""
     con.execute(f"""
@@ -157,11 +165,12 @@ def build_catalog(con: duckdb.DuckDBPyConnection, taxa: int, records: int) -> No
         END,
         CASE WHEN t % 3 = 0 AND kind < 600 THEN 'Common name ' || t END,
         NULL,
-        CASE WHEN t % 2 = 0 THEN CASE WHEN (CASE WHEN kind BETWEEN 800 AND 829 THEN y.kingdom WHEN kind BETWEEN 845 AND 914 THEN g.kingdom ELSE s.kingdom END) = 'Animalia' AND t % 3 = 2 THEN 'Metazoa'
-                                      WHEN (CASE WHEN kind BETWEEN 800 AND 829 THEN y.kingdom WHEN kind BETWEEN 845 AND 914 THEN g.kingdom ELSE s.kingdom END) = 'Plantae' AND t % 3 = 2
-                                      THEN 'Viridiplantae' ELSE (CASE WHEN kind BETWEEN 800 AND 829 THEN y.kingdom WHEN kind BETWEEN 845 AND 914 THEN g.kingdom ELSE s.kingdom END) END END,
-        CASE WHEN t % 2 = 0 THEN (CASE WHEN kind BETWEEN 800 AND 829 THEN y.phylum WHEN kind BETWEEN 845 AND 914 THEN g.phylum ELSE s.phylum END) END, NULL, NULL,
-        CASE WHEN t % 4 < 3 THEN (CASE WHEN kind BETWEEN 800 AND 829 THEN y.family WHEN kind BETWEEN 845 AND 914 THEN g.family ELSE s.family END) END, NULL, NULL
+        CASE WHEN t % 2 = 0 THEN CASE WHEN {own("kingdom")} = 'Animalia' AND t % 3 = 2
+                                      THEN 'Metazoa'
+                                      WHEN {own("kingdom")} = 'Plantae' AND t % 3 = 2
+                                      THEN 'Viridiplantae' ELSE {own("kingdom")} END END,
+        CASE WHEN t % 2 = 0 THEN {own("phylum")} END, NULL, NULL,
+        CASE WHEN t % 4 < 3 THEN {own("family")} END, NULL, NULL
     FROM _pick p
     JOIN _species_pool s ON s.k = p.h % {n_sp}
     JOIN _syn_pool y ON y.k = p.h % {n_syn}
@@ -217,13 +226,13 @@ def bare_join(root: Path) -> dict:
     return {"seconds": round(seconds, 2), "matched_rows": matched}
 
 
-def run_resolve(root: Path) -> dict:
+def run_resolve(root: Path, *extra: str) -> dict:
     """`tol taxa resolve --json` in a child process: wall time, peak RSS, its step timings."""
     tol = Path(sys.executable).with_name("tol")
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()
     done = subprocess.run(
-        [str(tol), "taxa", "resolve", "-w", str(root), "--json"],
+        [str(tol), "taxa", "resolve", "-w", str(root), "--json", *extra],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     seconds = time.perf_counter() - started
@@ -241,16 +250,25 @@ def table(result: dict) -> str:
     bare = result["bare_join"]["seconds"]
     lines = ["| run | seconds | x bare join | peak RSS |", "|---|---|---|---|"]
     lines.append(f"| bare DuckDB join (10M-style names x backbone) | {bare:.1f} | 1.00x | - |")
-    for label in ("cold", "warm"):
-        run = result[f"resolve_{label}"]
+    labels = {
+        "cold": "cold name index",
+        "warm": "warm name index",
+        "view": "warm, per_record = view",
+    }
+    for key, label in labels.items():
+        run = result[f"resolve_{key}"]
         lines.append(
-            f"| `tol taxa resolve` ({label}{' index' if label else ''}) | {run['seconds']:.1f} | "
+            f"| `tol taxa resolve` ({label}) | {run['seconds']:.1f} | "
             f"{run['seconds'] / bare:.2f}x | {run['peak_rss_mb']:,} MB |"
         )
-    steps = result["resolve_cold"]["stats"]["steps"]
-    total = sum(steps.values()) or 1
-    lines += ["", "| step (cold run) | seconds | share |", "|---|---|---|"]
-    lines += [f"| {k} | {v:.2f} | {100 * v / total:.0f}% |" for k, v in steps.items()]
+    lines += ["", "| step | cold | warm | view | share (cold) |", "|---|---|---|---|---|"]
+    steps = {key: result[f"resolve_{key}"]["stats"]["steps"] for key in labels}
+    total = sum(steps["cold"].values()) or 1
+    lines += [
+        f"| {name} | {seconds:.2f} | {steps['warm'].get(name, 0):.2f} | "
+        f"{steps['view'].get(name, 0):.2f} | {100 * seconds / total:.0f}% |"
+        for name, seconds in steps["cold"].items()
+    ]
     by_status = result["resolve_cold"]["stats"]["by_status"]
     by_method = result["resolve_cold"]["stats"]["by_method"]
     lines += ["", f"statuses: {by_status}", f"methods: {by_method}"]
@@ -281,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
             "bare_join": bare_join(root),
             "resolve_cold": run_resolve(root),
             "resolve_warm": run_resolve(root),
+            "resolve_view": run_resolve(root, "--per-record", "view"),
         }  # fmt: skip
     finally:
         if not args.keep:

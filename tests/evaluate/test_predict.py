@@ -156,3 +156,27 @@ def test_missing_image_is_a_clear_error(tmp_path, taxa, trained_checkpoint):
     catalog = write_catalog(tmp_path / "catalog.csv", taxa)
     with pytest.raises(TolError, match="no such image"):
         predict_images(trained_checkpoint, "tol-tiny", [tmp_path / "absent.jpg"], catalog)
+
+
+def test_homonym_genera_in_two_kingdoms_are_summed_apart():
+    taxa = [
+        TaxonLabel(
+            "gannet",
+            normalise_ranks(
+                ["Animalia", "Chordata", "Aves", "Suliformes", "Sulidae", "Morus", "bassanus"]
+            ),
+        ),
+        TaxonLabel(
+            "mulberry",
+            normalise_ranks(
+                ["Plantae", "Tracheophyta", "Magnoliopsida", "Rosales", "Moraceae", "Morus", "alba"]
+            ),
+        ),
+    ]
+    [prediction] = predict_features(
+        np.log(np.array([[0.45, 0.55]])), ["img"], taxa, torch.eye(2, dtype=torch.float64), 1.0
+    )
+    assert prediction.lineage[0].name == "Plantae"
+    assert prediction.lineage[5].name == "Morus"
+    assert prediction.lineage[5].probability == pytest.approx(0.55)  # not 1.0: two genera
+    assert [c.probability for c in prediction.by_rank["genus"]] == pytest.approx([0.55, 0.45])

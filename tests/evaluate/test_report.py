@@ -100,7 +100,7 @@ def test_tol_eval_predict_and_embeddings_commands(
     result = runner.invoke(
         app,
         ["eval", f"trained={trained_checkpoint}", "--model", "tol-tiny", "--task", "demo",
-         "--embeddings",
+         "--embeddings", "--split", "val",
          "--data-root", str(release_root), "--out", str(tmp_path / "emb"), "--k", "5"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output

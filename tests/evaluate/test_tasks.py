@@ -48,6 +48,9 @@ def test_bioclip_suite_has_the_papers_ten_tasks_in_order():
     assert {t.name: t.num_classes for t in suite} == CLASS_COUNTS
     assert all(t.url and t.source for t in suite)
     assert "demo" in list_task_names()
+    fungi = load_task("fungi")  # the one task whose class list is bundled, with ranks
+    assert len(fungi.classes) == 25 and len({c.name for c in fungi.classes}) == 25
+    assert all(c.known and c.ranks[0] == "Fungi" for c in fungi.classes)
 
 
 def test_published_figures_average_to_the_model_cards_means():

@@ -23,6 +23,7 @@ from treeoflife.images.dedup import (
     dedup_workspace,
     hamming_pairs,
     plan_mih,
+    run_dedup,
 )
 from treeoflife.workspace import Workspace
 
@@ -250,3 +251,44 @@ def test_connected_components_roots_are_smallest_nodes():
     assert connected_components(con, "edges", "comp") == 2
     roots = dict(con.execute("SELECT node, root FROM comp").fetchall())
     assert roots == {2: 2, 5: 2, 9: 2, 7: 7, 8: 7}
+
+
+def test_a_record_listed_twice_in_images_is_never_its_own_duplicate(workspace):
+    with workspace.connect() as con:
+        con.execute("INSERT INTO images SELECT * FROM images WHERE record_id = 'inat21:1255927'")
+        con.execute("INSERT INTO images SELECT * FROM images WHERE record_id = 'eol:3023774'")
+    dedup_workspace(workspace)
+    rows = duplicates(workspace)
+    assert all(record != kept for record, kept, _, _ in rows)
+    assert len({row[0] for row in rows}) == len(rows)
+    assert "eol:3023774" not in {row[0] for row in rows}
+
+
+def test_runs_on_one_connection_are_logged(workspace, tmp_path):
+    species = tmp_path / "held-out.txt"
+    species.write_text("Bufo bufo\n")
+    with workspace.connect() as con:
+        first = run_dedup(con, DedupOptions(exclude_species=species))
+        second = run_dedup(con)
+        runs = con.execute(
+            "SELECT threshold, stats FROM dedup_runs ORDER BY finished_at"
+        ).fetchall()
+        kinds = {k for (k,) in con.execute("SELECT DISTINCT kind FROM duplicates").fetchall()}
+    assert first.excluded_species == 4 and second.excluded_species == 0
+    assert kinds == {"exact", "near"}
+    assert [json.loads(stats)["kept"] for _, stats in runs] == [first.kept, second.kept]
+
+
+@pytest.mark.slow
+def test_real_fetch_then_dedup_finds_the_planted_clusters(
+    pulled_workspace, sample_server, sample_expected, tmp_path
+):
+    """End to end: `tol images fetch` over loopback, then dedup: the planted clusters only."""
+    from treeoflife.images.fetch import fetch_images
+
+    workspace = copy_workspace(pulled_workspace, tmp_path / "e2e")
+    fetch_images(workspace, mirror=sample_server.url, pipeline="sample", workers=1, threads=4)
+    stats = dedup_workspace(workspace)
+    expected = sorted((frozenset(c) for c in expected_clusters(sample_expected)), key=sorted)
+    assert clusters_of(duplicates(workspace)) == expected
+    assert stats.images == 340 and stats.kept == 325

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -34,6 +35,7 @@ from treeoflife.images.fetch import (
     iter_archive,
     member_key,
     plan_units,
+    record_unit_failure,
     robots_opt_out,
     run_unit,
 )
@@ -74,13 +76,17 @@ def assert_shards_hold_exactly_the_ok_rows(workspace) -> None:
 
 
 def test_sample_outcomes(sample_workspace, sample_server, sample_expected):
+    seen = []
     stats = fetch_images(
         sample_workspace,
         ResizeSpec(),
         mirror=sample_server.url,
         client_policy=fast_policy(),
         workers=2,
+        progress=lambda live: seen.append((live.completed(), live.total)),
     )
+    assert all(done <= total for done, total in seen)  # live counts never run ahead
+    assert seen[-1][0] == seen[-1][1] == stats.images
     rows = {row[0]: row for row in image_rows(sample_workspace)}
     with sample_workspace.connect() as con:
         records = con.execute(
@@ -157,6 +163,10 @@ def test_transient_faults_are_retried(tmp_path, synthetic_site):
 def test_persistent_errors_recorded_after_retries(tmp_path, synthetic_site):
     paths = photo_paths(6) + ["photos/missing.jpg"]
     workspace = url_workspace(tmp_path / "ws", paths)
+    with workspace.connect() as con:  # a URL without a host cannot be fetched at all
+        con.execute(
+            "INSERT INTO record_images (source, source_id, url) VALUES ('web', 'x', 'https:///x.jpg')"
+        )
     plan = FaultPlan(status_5xx_first=100, paths="*/00[0-2].jpg")
     with LoopbackServer(synthetic_site, plan) as server:
         stats = fetch_images(
@@ -170,7 +180,8 @@ def test_persistent_errors_recorded_after_retries(tmp_path, synthetic_site):
         assert sum(1 for _, p, _ in log if p.endswith(path)) == 3  # first try + 2 retries
     assert rows["photos/missing.jpg"][1:3] == ("failed", "http-404")
     assert sum(1 for _, p, _ in log if p.endswith("missing.jpg")) == 1  # 404: never retried
-    assert stats.reasons == {"failed:http-503": 3, "failed:http-404": 1}
+    assert rows["x"][1:3] == ("failed", "bad-url")
+    assert stats.reasons == {"failed:http-503": 3, "failed:http-404": 1, "failed:bad-url": 1}
     assert_shards_hold_exactly_the_ok_rows(workspace)
 
     # --retry-failed fetches the transient failures again, not the 404.
@@ -261,15 +272,41 @@ def test_throttle_backs_off_and_recovers():
     assert time.monotonic() - began >= 0.25
 
 
-def test_throttle_slows_down_on_429(tmp_path, synthetic_site):
-    """A host answering 429 to everything ends up with one request at a time."""
+def test_throttle_allows_one_request_at_a_time_after_overloads():
+    throttle = HostThrottle(max_concurrency=8)
+    for _ in range(3):  # 8 -> 4 -> 2 -> 1
+        throttle.overloaded("h", retry_after_s=None, sent_at=time.monotonic())
+    active, peak, lock = 0, 0, threading.Lock()
+
+    def request() -> None:
+        nonlocal active, peak
+        with throttle.slot("h", deadline=time.monotonic() + 10):
+            with lock:
+                active += 1
+                peak = max(peak, active)
+            time.sleep(0.01)
+            with lock:
+                active -= 1
+
+    workers = [threading.Thread(target=request) for _ in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert peak == 1
+
+
+def test_a_429_storm_still_completes(tmp_path, synthetic_site):
+    """Every image answers 429 once: all are fetched, each retried exactly once."""
     workspace = url_workspace(tmp_path / "ws", photo_paths(20))
     plan = FaultPlan(status_429_first=1, retry_after_s=0)
     with LoopbackServer(synthetic_site, plan) as server:
         stats = fetch_images(
             workspace, mirror=server.url, client_policy=fast_policy(retries=3), workers=1
         )
+        statuses = [status for _, _, status in server.request_log]
     assert stats.ok == 20
+    assert statuses.count(429) == 20 and statuses.count(200) == 20
 
 
 def _tar_gz(path: Path, members: dict[str, bytes]) -> Path:
@@ -377,3 +414,42 @@ def test_resize_modes_reach_the_shard(tmp_path, synthetic_site, mode):
     expected = (160, 120) if mode == "none" else (32, 32)
     sizes = {Image.open(io.BytesIO(p)).size for p in shard_members(workspace).values()}
     assert sizes == {expected}
+
+
+def test_a_unit_that_keeps_crashing_is_given_up(tmp_path, synthetic_site):
+    """Three crashed attempts: the unit's records are failed (worker-died), the stage can
+    finish, and --retry-failed plans them again."""
+    workspace = url_workspace(tmp_path / "ws", photo_paths(4))
+    with workspace.connect() as con:
+        ensure_tables(con)
+        plan_units(con, unit_size=10, workers=1)
+        crashes = [record_unit_failure(con, 0, RuntimeError("boom")) for _ in range(3)]
+        units = con.execute("SELECT status, attempts, last_error FROM image_units").fetchall()
+    assert crashes == [False, False, True]
+    assert units == [("done", 3, "RuntimeError: boom")]
+    assert {row[1:3] for row in image_rows(workspace)} == {("failed", "worker-died")}
+    with LoopbackServer(synthetic_site) as server:
+        again = fetch_images(workspace, mirror=server.url, retry_failed=True, workers=1)
+    assert again.ok == 4
+    assert_shards_hold_exactly_the_ok_rows(workspace)
+
+
+def test_unavailable_archive_leaves_its_units_waiting(sample_workspace, sample_expected):
+    """BIOSCAN's zips cannot be downloaded this time: URL and iNat21 units finish, the
+    BIOSCAN units wait, and the next run (zips reachable) completes them."""
+    broken = FaultPlan(status_5xx_first=10_000, paths="*.zip")
+    with LoopbackServer(SAMPLE_FILES, broken) as server:
+        first = fetch_images(
+            sample_workspace, mirror=server.url, client_policy=fast_policy(retries=0), workers=2
+        )
+    assert first.units_waiting == 3 and len(first.problems) == 3
+    assert all("bioscan" in problem for problem in first.problems)
+    sources = {row[0].split(":", 1)[0] for row in image_rows(sample_workspace)}
+    assert sources == {"inat21", "inat-open-data", "eol"}
+    with LoopbackServer(SAMPLE_FILES) as server:
+        second = fetch_images(sample_workspace, mirror=server.url, workers=2)
+    assert second.units == 3 and second.units_waiting == 0
+    with sample_workspace.connect() as con:
+        records = con.execute("SELECT count(*) FROM record_images").fetchall()[0][0]
+    assert len(image_rows(sample_workspace)) == records
+    assert_shards_hold_exactly_the_ok_rows(sample_workspace)

@@ -4,6 +4,7 @@ species; each checked against a brute-force oracle over the sample's real images
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -262,3 +263,24 @@ def test_benchmark_name_from_path(tmp_path: Path):
     (tmp_path / "NeWT" / "a.jpg").write_bytes(jpeg(Image.new("RGB", (40, 40), "red")))
     ((benchmark, path, _),) = list(iter_benchmark_files(str(tmp_path / "NeWT")))
     assert benchmark == "NeWT" and path.endswith("a.jpg")
+
+
+def test_cli_exclude_images_and_species(workspace, fetched, tmp_path):
+    from typer.testing import CliRunner
+
+    from treeoflife.cli import app
+
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(fetched[1]["eol:3023774"])
+    names = tmp_path / "names.txt"
+    names.write_text("Bufo bufo\n")
+    args = ["dedup", "-w", str(workspace.root), "--exclude-images", f"mine={folder}"]
+    args += ["--exclude-species", str(names), "--workers", "2", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "leaks from mine: 1" in result.output
+    stats = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
+    assert stats["leak"] == 1 and stats["excluded_species"] == 4
+    missing = CliRunner().invoke(app, [*args[:3], "--exclude-images", str(tmp_path / "none")])
+    assert missing.exit_code == 1 and "no images" in missing.output

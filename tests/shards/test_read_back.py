@@ -64,12 +64,17 @@ def test_open_clip_style_pipeline_reads_pairs(released_workspace):
 
 
 def test_wids_reads_by_index_from_the_split_spec(released_workspace, tmp_path):
+    import functools
+
     import wids
+    from wids.wids_decode import default_decoder
 
     release = released_workspace.root / "release"
     expected = _expected(release, "val")
     dataset = wids.ShardListDataset(
-        str(release / "val" / "wids.json"), cache_dir=str(tmp_path / "wids-cache")
+        str(release / "val" / "wids.json"),
+        cache_dir=str(tmp_path / "wids-cache"),
+        transformations=[functools.partial(default_decoder, format="PIL")],
     )
     assert len(dataset) == len(expected)
     seen = {}

@@ -169,3 +169,34 @@ def test_fast_ustar_writer_is_byte_identical_to_tarfile(tmp_path):
     with tarfile.open(path) as tar:
         want = [(m.name, m.offset_data, m.size) for m in tar.getmembers()]
     assert list(scan_tar_headers(path)) == want
+
+
+@pytest.mark.slow
+def test_sigkilled_tol_shard_resumes_into_identical_release(staged_workspace, tmp_path):
+    """A real `tol shard` process killed with SIGKILL mid-write, then run again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--shard-samples", "3", "--min-shards", "1", "--workers", "1", "--pipeline", "sample"]
+    whole = copy_workspace(staged_workspace, tmp_path / "whole")
+    command = [sys.executable, "-m", "treeoflife", "shard", *args]
+    subprocess.run([*command, "-w", str(whole.root)], check=True, capture_output=True)
+    killed = copy_workspace(staged_workspace, tmp_path / "killed")
+    process = subprocess.Popen(
+        [*command, "-w", str(killed.root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    train = killed.root / "release" / "train"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(train.glob("shard-*.tar"))) < 10:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed.root / "release" / "manifest.json").exists(), "run finished before kill"
+    subprocess.run([*command, "-w", str(killed.root)], check=True, capture_output=True)
+    want = json.loads((whole.root / "release" / "manifest.json").read_text())
+    got = json.loads((killed.root / "release" / "manifest.json").read_text())
+    assert got == want
+    assert not list((killed.root / "release").rglob("*.partial-*"))

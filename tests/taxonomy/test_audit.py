@@ -452,7 +452,9 @@ def test_compare_with_a_workspace_matches_sql(resolved_workspace, pulled_workspa
         "Metazoa",
         "Archaeplastida",
     }
-    same = audit_workspace(resolved_workspace, resolved_workspace.root, reports_dir=tmp_path)
+    same = audit_workspace(
+        resolved_workspace, resolved_workspace.catalog_path, reports_dir=tmp_path
+    )
     itself = same.figures["compare"]
     assert all(r["gained"] == r["lost"] == 0 for r in itself["ranks"].values())
     assert itself["relabelled"]["species"] == 0

@@ -18,6 +18,7 @@ from test_audit import make_resolved_workspace
 
 from treeoflife.taxonomy.audit import audit_workspace
 from treeoflife.taxonomy.audit_html import audit_figures
+from treeoflife.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 
@@ -106,3 +107,13 @@ def test_a_throwing_plot_fails_the_check(chromium, audit_page, tmp_path):
     plots, errors, error_text = page_state(dom)
     assert errors >= 1 and "plot-status" in error_text
     assert plots == len(audit_figures(figures)) - 1
+
+
+def test_unresolved_and_empty_workspaces_render(chromium, pulled_workspace, tmp_path):
+    """Source-basis figures (nothing resolved) and an empty catalog draw without errors."""
+    empty = Workspace(tmp_path / "empty").init()
+    for name, workspace in (("source", pulled_workspace), ("empty", empty)):
+        report = audit_workspace(workspace, reports_dir=tmp_path / name)
+        dom, _ = dump_dom(chromium, report.html_path, tmp_path / f"profile-{name}")
+        plots, errors, error_text = page_state(dom)
+        assert (plots, errors) == (len(audit_figures(report.figures)), 0), (name, error_text)

@@ -193,8 +193,12 @@ def test_a_misspelling_is_matched_fuzzily_and_logged(mini_resolved):
         "Ursus arctos", "fuzzy", "resolved",
     )  # fmt: skip
     assert json.loads(misspelt["details"])["match"]["edit_distance"] == 1
-    assert {(c["source_value"], c["authority_value"], c["kind"]) for c in conflicts
-            if c["taxon_key"] == "misspelt"} == {("Ursus arctus", "Ursus arctos", "spelling")}  # fmt: skip
+    logged = {
+        (c["source_value"], c["authority_value"], c["kind"])
+        for c in conflicts
+        if c["taxon_key"] == "misspelt"
+    }
+    assert logged == {("Ursus arctus", "Ursus arctos", "spelling")}
 
 
 def test_hybrid_html_and_authorship_are_normalised_before_matching(mini_resolved):
@@ -340,3 +344,41 @@ def test_cli_resolve_and_explain_on_the_sample(sample_copy):
     assert json.loads(shown.stdout)["species"] == "Cyanistes caeruleus"
     bad = runner.invoke(app, ["taxa", "resolve", "-w", ws, "--fuzzy", "9"])
     assert bad.exit_code == 1 and "fuzzy_max_distance" in bad.output
+
+
+def test_without_authorities_every_record_keeps_its_source_ranks(tmp_path, pulled_workspace):
+    import shutil
+
+    from treeoflife.workspace import Workspace
+
+    shutil.copytree(pulled_workspace.root, tmp_path / "ws")
+    workspace = Workspace(tmp_path / "ws")
+    with workspace.connect() as con:
+        stats = resolve_taxa(con)
+        eol = rows(
+            con,
+            "SELECT DISTINCT r.kingdom FROM taxa_resolved r WHERE r.source = 'eol' "
+            "AND r.kingdom IS NOT NULL",
+        )
+    assert stats.authorities == [] and stats.by_status == {"unresolved": stats.records}
+    assert set(stats.by_method) == {"source-only", "none"}
+    assert {r["kingdom"] for r in eol} == {"Animalia", "Plantae", "Fungi"}  # no Metazoa
+
+
+def test_per_record_view_mode_gives_the_same_rows_and_switches_back(mini_catalog):
+    with mini_catalog.connect() as con:
+        resolve_taxa(con)
+        table = sorted(con.execute("SELECT * FROM taxa_resolved").fetchall(), key=str)
+        resolve_taxa(con, ResolveOptions.from_stage({"per_record": "view"}))
+        kind = con.execute(
+            "SELECT table_type FROM information_schema.tables WHERE table_name = 'taxa_resolved'"
+        ).fetchall()
+        assert kind == [("VIEW",)]
+        assert sorted(con.execute("SELECT * FROM taxa_resolved").fetchall(), key=str) == table
+        resolve_taxa(con)
+        assert sorted(con.execute("SELECT * FROM taxa_resolved").fetchall(), key=str) == table
+        nullable = con.execute(
+            "SELECT is_nullable FROM information_schema.columns "
+            "WHERE table_name = 'taxa_resolved' AND column_name = 'record_id'"
+        ).fetchall()
+        assert nullable == [("NO",)]

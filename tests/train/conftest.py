@@ -27,7 +27,7 @@ COLOURS = {
     "blue": ((30, 60, 220), "Caerulea"),
     "yellow": ((230, 210, 20), "Flava"),
 }
-SHAPES = {"circle": ("Circulares", "orbis"), "square": ("Quadratales", "quadrata")}
+SHAPES = {"disc": ("Disciformes", "discus"), "ring": ("Anulares", "anulus")}
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,10 @@ def draw(cls: ShapeClass, rng: random.Random, size: int = 64) -> Image.Image:
     cx, cy = rng.randint(radius, size - radius), rng.randint(radius, size - radius)
     box = (cx - radius, cy - radius, cx + radius, cy + radius)
     colour = tuple(min(255, max(0, v + rng.randint(-20, 20))) for v in COLOURS[cls.colour][0])
-    (pen.ellipse if cls.shape == "circle" else pen.rectangle)(box, fill=colour)
+    if cls.shape == "disc":
+        pen.ellipse(box, fill=colour)
+    else:
+        pen.ellipse(box, outline=colour, width=max(2, radius // 4))
     return image
 
 

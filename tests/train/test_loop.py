@@ -22,7 +22,8 @@ from treeoflife.train.params import preset_params
 
 
 def tiny(shards: Path, out: Path, **overrides):
-    return preset_params("tiny", shards=[str(shards)], output_dir=out, **overrides)
+    """The tiny preset on one CPU thread (2 threads on a busy 2-core box is 10x slower)."""
+    return preset_params("tiny", shards=[str(shards)], output_dir=out, threads=1, **overrides)
 
 
 def test_lr_schedule_warms_up_linearly_then_follows_a_cosine():
@@ -52,6 +53,7 @@ def test_weight_decay_skips_gains_biases_and_logit_scale():
 
 def zero_shot_accuracy(checkpoint: Path, per_class: int = 8) -> float:
     """Held-out pictures classified by their common names through open_clip's own API."""
+    register_model_configs()
     model, _, preprocess = open_clip.create_model_and_transforms(
         TINY_MODEL, pretrained=str(checkpoint)
     )
@@ -85,7 +87,7 @@ def test_loss_falls_and_zero_shot_beats_chance(learned_run):
     assert losses[0] > math.log(32) - 0.3  # starts near chance for a batch of 32
     assert losses[-1] < losses[0] - 1.0, losses
     accuracy = zero_shot_accuracy(learned_run.checkpoint)
-    assert accuracy > 0.5, accuracy  # chance is 1/8
+    assert accuracy > 0.6, accuracy  # chance is 1/8
 
 
 def test_run_folder_holds_metrics_params_and_open_clip_loadable_checkpoints(learned_run):
@@ -114,12 +116,18 @@ def test_run_folder_holds_metrics_params_and_open_clip_loadable_checkpoints(lear
     assert periodic["step"] == 30 and saved["step"] == 60
 
 
-def test_compiled_model_saves_plain_open_clip_keys(shape_shards, tmp_path):
+@pytest.mark.slow
+def test_compiled_model_trains_and_saves_plain_open_clip_keys(shape_shards, tmp_path):
     params = tiny(shape_shards, tmp_path / "run", steps=2, compile=True, compile_backend="eager")
     result = train(params)
     state = ckpt.load_checkpoint(result.checkpoint)["state_dict"]
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in state)
     open_clip.create_model_and_transforms(TINY_MODEL, pretrained=str(result.checkpoint))
+
+
+def test_uint8_transfer_path_trains(shape_shards, tmp_path):
+    result = train(tiny(shape_shards, tmp_path / "run", steps=2, uint8_transfer=True))
+    assert result.steps == 2 and math.isfinite(result.final_loss)
 
 
 def test_refuses_to_overwrite_a_run_without_resume(shape_shards, tmp_path):
@@ -151,6 +159,7 @@ def test_cli_trains_and_prints_the_checkpoint(shape_shards, tmp_path):
             "--text-sampling", "per-batch",
             "--output", str(out),
             "--no-progress",
+            "--threads", "1",
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -22,8 +22,9 @@ def audit_command(
         Path | None,
         typer.Option(
             "--compare",
-            help="Another catalog to compare with: a workspace folder (its resolved ranks, "
-            "else its source ranks) or a TreeOfLife-10M-style catalog.csv (species = "
+            help="Another catalog to compare with: a workspace folder or its catalog.duckdb "
+            "(its resolved ranks, else its source ranks) or a TreeOfLife-10M-style catalog.csv "
+            "(species = "
             "epithet; train_small rows skipped). Reports taxa gained, lost and relabelled.",
         ),
     ] = None,

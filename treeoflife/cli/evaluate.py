@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,20 +59,6 @@ def progress_bars() -> Iterator[Callable[[str, int | None], Callable[[int], None
         yield factory
 
 
-def _task_names(tasks: list[str]) -> list[str]:
-    from treeoflife.evaluate.tasks import bioclip_suite, list_task_names
-
-    names: list[str] = []
-    for task in tasks:
-        if task == "bioclip":
-            names += [spec.name for spec in bioclip_suite()]
-        elif task == "all":
-            names += list_task_names()
-        else:
-            names.append(task)
-    return list(dict.fromkeys(names))
-
-
 @app.command("eval")
 def eval_command(
     checkpoints: CheckpointsArgument,
@@ -93,6 +80,10 @@ def eval_command(
             envvar="TOL_EVAL_DATA",
         ),
     ] = Path("eval-data"),
+    split: Annotated[
+        str | None,
+        typer.Option(help="Read this split of every task instead of its TOML's (e.g. val)."),
+    ] = None,
     text_type: Annotated[
         str | None,
         typer.Option(
@@ -151,17 +142,19 @@ def eval_command(
     """
     from treeoflife.evaluate import evaluate, format_table
     from treeoflife.evaluate.checkpoints import parse_checkpoint
-    from treeoflife.evaluate.tasks import load_task
+    from treeoflife.evaluate.tasks import expand_task_names, load_task
 
     try:
-        names = _task_names(task)
+        names = [str(name) for name in expand_task_names(task)]
         if embeddings:
             specs = [parse_checkpoint(c, model) for c in checkpoints]
             if baseline:
                 specs.append(parse_checkpoint(baseline, model))
+            task_spec = load_task(names[0])
+            task_spec = dataclasses.replace(task_spec, split=split) if split else task_spec
             _run_embeddings(
                 specs,
-                load_task(names[0]),
+                task_spec,
                 data_root,
                 out,
                 max_images,
@@ -177,6 +170,7 @@ def eval_command(
                 names,
                 model_name=model,
                 data_root=data_root,
+                split=split,
                 text_type=text_type,
                 templates=templates,
                 shots=k_values,

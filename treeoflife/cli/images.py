@@ -203,12 +203,20 @@ def fetch(
         console.print(
             f"[red]{stats.units_failed} units failed[/] and stay planned; re-run to retry them"
         )
+    for problem in stats.problems:
+        console.print(f"[red]error:[/] {problem}")
+    if stats.units_waiting:
+        console.print(
+            f"{stats.units_waiting} units wait for their archive; fix the above and re-run"
+        )
     if as_json:
         print(
             json.dumps(
                 {
                     "units": stats.units,
                     "units_failed": stats.units_failed,
+                    "units_waiting": stats.units_waiting,
+                    "problems": stats.problems,
                     "ok": stats.ok,
                     "failed": stats.failed,
                     "skipped": stats.skipped,
@@ -220,5 +228,5 @@ def fetch(
                 indent=2,
             )
         )
-    if stats.units_failed:
+    if stats.units_failed or stats.units_waiting:
         raise typer.Exit(code=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -145,8 +146,13 @@ def verify(
 
     folder = release_dir or workspace / "release"
     try:
+        manifest = folder / "manifest.json"
+        total = len(json.loads(manifest.read_text())["shards"]) if manifest.is_file() else None
+    except (ValueError, KeyError):
+        total = None  # verify_release reports the broken manifest
+    try:
         with _bar() as progress:
-            task = progress.add_task("verifying shards", total=None)
+            task = progress.add_task("verifying shards", total=total)
             report = verify_release(
                 folder, workers=workers, on_shard=lambda _c: progress.advance(task)
             )

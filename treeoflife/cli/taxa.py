@@ -76,6 +76,14 @@ def resolve_command(
         int | None,
         typer.Option(help="Largest edit distance for a misspelt genus or epithet (0: off)."),
     ] = None,
+    per_record: Annotated[
+        str | None,
+        typer.Option(
+            help="`table` (default) writes one `taxa_resolved` row per record; `view` makes "
+            "`taxa_resolved` a view joining records to their source taxon's answer (no 10M-row "
+            "write)."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
 ) -> None:
     """Resolve every record's name to the 7 ranks against the loaded authorities.
@@ -96,6 +104,8 @@ def resolve_command(
             stage["authority_order"] = [a.strip() for a in authority_order.split(",") if a]
         if fuzzy is not None:
             stage["fuzzy_max_distance"] = fuzzy
+        if per_record is not None:
+            stage["per_record"] = per_record
         options = ResolveOptions.from_stage(stage)
         columns = (
             TextColumn("[bold]resolve[/] {task.description}"),

@@ -167,6 +167,21 @@ def train(
             "data position."
         ),
     ] = None,
+    resume_data: Annotated[
+        str | None,
+        _opt(
+            "On resume: skip (replay the data stream to the saved position, exact when the "
+            "layout is unchanged) or reseed (a fresh order for the rest of the epoch). "
+            "[default: skip]"
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        _opt(
+            "torch CPU threads per process (0: torch's default; 1 is often fastest on a "
+            "busy or small machine). [default: 0]"
+        ),
+    ] = None,
     device: Annotated[str | None, _opt("cpu, cuda, cuda:N or auto. [default: auto]")] = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
@@ -210,6 +225,8 @@ def train(
         log_every=log_every,
         resume=resume,
         device=device,
+        threads=threads,
+        resume_data=resume_data,
     )
     if shuffle_buffer is not None:
         overrides["shuffle_initial"] = min(shuffle_buffer, _DEFAULTS.shuffle_initial)

@@ -7,13 +7,12 @@ only the units it held, and the pool is rebuilt for the rest.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import multiprocessing
+import os
 import queue as queue_module
-import signal
-import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -23,7 +22,7 @@ from treeoflife.engine import UnitOutcome, drain, set_progress_sink
 
 log = logging.getLogger(__name__)
 POLL_S = 0.25
-PR_SET_PDEATHSIG = 1
+WATCH_S = 0.5
 
 
 # Worker processes start from a fork server that imported these once (no inherited
@@ -39,20 +38,27 @@ def _context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def _die_with_parent() -> None:
-    """Linux: have the kernel SIGKILL this worker when its parent dies, so a killed
-    coordinator leaves no orphan still writing a unit that the next run will redo."""
-    if sys.platform != "linux":
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        log.debug("prctl(PR_SET_PDEATHSIG) unavailable; orphans end with their unit")
+def _watch_coordinator(pid: int) -> None:
+    """Exit this worker as soon as the coordinator is gone (killed, crashed), so no orphan
+    keeps writing a unit that the next run redoes. Forkserver workers are not children of
+    the coordinator and hold its pipes open themselves, so neither a parent-death signal
+    nor EOF would tell them."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(WATCH_S)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(70)
+            except PermissionError:  # alive, owned by someone else (pid reused): stop
+                os._exit(70)
+
+    threading.Thread(target=watch, name="watch-coordinator", daemon=True).start()
 
 
-def _init_worker(progress_queue: Any) -> None:
-    _die_with_parent()
+def _init_worker(coordinator_pid: int, progress_queue: Any) -> None:
+    _watch_coordinator(coordinator_pid)
     set_progress_sink(progress_queue.put_nowait)
 
 
@@ -81,7 +87,7 @@ class LocalEngine:
             max_workers=self.workers,
             mp_context=self._context,
             initializer=_init_worker,
-            initargs=(self.progress_queue,),
+            initargs=(os.getpid(), self.progress_queue),
         )
         return self._pool
 

@@ -5,6 +5,7 @@ and open-ended tree-of-life prediction (`tol eval`, `tol eval --embeddings`, `to
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from treeoflife.evaluate.tasks import (
     TaskSpec,
     class_texts,
     encode_task,
+    expand_task_names,
     load_task,
     open_task_data,
 )
@@ -54,6 +56,7 @@ def evaluate(
     *,
     model_name: str = "ViT-B-16",
     data_root: Path = Path("eval-data"),
+    split: str | None = None,
     text_type: str | None = None,
     templates: str | None = None,
     shots: Sequence[int] = (1, 5),
@@ -67,14 +70,23 @@ def evaluate(
     """Zero-shot and k-shot top-1/top-5/mean-per-class-recall of each checkpoint on each task.
 
     Checkpoints are `[LABEL=][MODEL@]SOURCE` strings (see `parse_checkpoint`); tasks are names
-    in manifests/benchmarks/ or TOML paths; each task's data is looked up under `data_root`.
+    in manifests/benchmarks/ (`bioclip` = the paper's 10, `all`) or TOML paths; each task's
+    data is looked up under `data_root`, in the TOML's split unless `split` overrides it.
     With `skip_missing`, a task whose data is absent is reported as skipped, not an error.
     """
     progress = progress or _no_progress
     specs = [
         c if isinstance(c, CheckpointSpec) else parse_checkpoint(c, model_name) for c in checkpoints
     ]
-    task_specs = [t if isinstance(t, TaskSpec) else load_task(t) for t in tasks]
+    task_specs = [
+        spec
+        for task in tasks
+        for spec in (
+            [task] if isinstance(task, TaskSpec) else map(load_task, expand_task_names([task]))
+        )
+    ]
+    if split:
+        task_specs = [dataclasses.replace(spec, split=split) for spec in task_specs]
     opened: dict[str, TaskData | TolError] = {}
     for spec in task_specs:
         try:
@@ -109,6 +121,7 @@ def evaluate(
     settings = {
         "model_name": model_name,
         "data_root": str(data_root),
+        "split": split or "task default",
         "text_type": text_type or "task default",
         "templates": templates or "task default",
         "shots": list(shots),

@@ -17,6 +17,7 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import pandas as pd
 import torch
 
 from treeoflife.errors import TolError
@@ -220,33 +221,50 @@ class Prediction:
         }
 
 
+def _top(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values, largest first (argpartition: no full sort)."""
+    k = min(k, len(values))
+    part = np.argpartition(-values, k - 1)[:k]
+    return part[np.argsort(-values[part], kind="stable")]
+
+
 class TaxonIndex:
-    """Integer codes of each taxon's path at every depth, for fast sums by rank label."""
+    """Integer codes of each taxon's path at every depth, for fast sums by rank label.
+
+    A label's code combines its parent's code with its own name, so homonyms under
+    different parents (genus *Morus* in Animalia and Plantae) stay apart.
+    """
 
     def __init__(self, taxa: Sequence[TaxonLabel]):
         self.taxa = list(taxa)
-        self.codes, self.names = [], []
-        for depth in range(1, 8):
-            keys = np.array([t.key(depth) for t in self.taxa], dtype=object)
-            uniques, inverse = np.unique(keys, return_inverse=True)
-            self.codes.append(inverse)
-            self.names.append([k.rsplit("|", 1)[-1] for k in uniques])
+        self.codes: list[np.ndarray] = []
+        self.names: list[np.ndarray] = []
+        parent = np.zeros(len(self.taxa), dtype=np.int64)
+        for depth in range(7):
+            name_codes, names = pd.factorize(pd.Series([t.ranks[depth] for t in self.taxa]))
+            combined = parent * (len(names) + 1) + name_codes
+            codes, uniques = pd.factorize(combined)
+            self.codes.append(codes.astype(np.int64))
+            self.names.append(np.asarray(names, dtype=object)[uniques % (len(names) + 1)])
+            parent = self.codes[-1]
 
     def decode(self, probabilities: np.ndarray, image: str, top_k: int, rank_k: int) -> Prediction:
-        top = np.argsort(-probabilities)[:top_k]
-        scores = [self._score(i, probabilities[i]) for i in top]
-        mask = np.ones(len(self.taxa), dtype=bool)
+        scores = [self._score(i, probabilities[i]) for i in _top(probabilities, top_k)]
+        subset = np.arange(len(self.taxa))
         lineage, by_rank = [], {}
         for depth, rank in enumerate(RANKS):
-            codes = self.codes[depth]
-            totals = np.bincount(codes, weights=probabilities, minlength=len(self.names[depth]))
-            best = np.argsort(-totals)[:rank_k]
-            by_rank[rank] = [RankCall(rank, self.names[depth][c], float(totals[c])) for c in best]
-            within = np.bincount(codes[mask], weights=probabilities[mask], minlength=len(totals))
+            codes, names = self.codes[depth], self.names[depth]
+            if rank_k:
+                totals = np.bincount(codes, weights=probabilities, minlength=len(names))
+                by_rank[rank] = [
+                    RankCall(rank, names[c], float(totals[c])) for c in _top(totals, rank_k)
+                ]
+            sub_codes = codes[subset]
+            within = np.bincount(sub_codes, weights=probabilities[subset], minlength=len(names))
             pick = int(np.argmax(within))
-            lineage.append(RankCall(rank, self.names[depth][pick], float(within[pick])))
-            mask &= codes == pick
-        leaf = int(np.flatnonzero(mask)[0])  # one taxon per 7-rank path
+            lineage.append(RankCall(rank, names[pick], float(within[pick])))
+            subset = subset[sub_codes == pick]
+        leaf = int(subset[0])  # one taxon per 7-rank path
         return Prediction(image, scores, lineage, self._score(leaf, probabilities[leaf]), by_rank)
 
     def _score(self, index: int, probability: float) -> TaxonScore:
@@ -266,7 +284,8 @@ def predict_features(
 ) -> list[Prediction]:
     """Predictions from normalised image features and the taxa's (D, N) text embeddings."""
     index = TaxonIndex(taxa)
-    logits = scale * image_features.astype(np.float64) @ classifier.double().numpy()
+    logits = scale * (image_features.astype(np.float32) @ classifier.float().numpy())
+    logits = logits.astype(np.float64)
     logits -= logits.max(axis=1, keepdims=True)
     probabilities = np.exp(logits)
     probabilities /= probabilities.sum(axis=1, keepdims=True)

@@ -235,6 +235,19 @@ def bioclip_suite() -> list[TaskSpec]:
     return sorted((s for s in specs if s.order < 100), key=lambda s: s.order)
 
 
+def expand_task_names(names: Sequence[str | Path]) -> list[str | Path]:
+    """`bioclip` → the paper's 10 tasks, `all` → every TOML; other names and paths as given."""
+    out: list[str | Path] = []
+    for name in names:
+        if name == "bioclip":
+            out += [spec.name for spec in bioclip_suite()]
+        elif name == "all":
+            out += list_task_names()
+        else:
+            out.append(name)
+    return list(dict.fromkeys(out))
+
+
 # --------------------------------------------------------------------------- datasets
 
 

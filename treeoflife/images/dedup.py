@@ -43,16 +43,21 @@ LICENSE_PRIORITY = (
 )  # fmt: skip
 KEEP_KEYS = ("source", "resolution", "license")
 KINDS = ("exact", "near", "leak", "excluded-species")
-# Cost model of one candidate join, in "rows touched" (fitted on DuckDB 2.0 here: a 10M-row
-# masked self-join costs about as much per input row as per candidate pair it emits).
+# Cost model of one masked join, in "input rows scanned" (fitted on DuckDB 2.0 here: a
+# 10M-hash self-join scans both sides in ~0.7 s, ~36 ns a row; each candidate pair it emits
+# and verifies costs ~110 ns, about 3 rows).
 COMBO_OVERHEAD_ROWS = 50_000
+CANDIDATE_COST = 3.0
 MAX_COMBOS = 512
 
-LEAKS_SQL = """
+TABLES_SQL = """
 CREATE TABLE IF NOT EXISTS dedup_leaks (
     record_id VARCHAR NOT NULL, benchmark VARCHAR, benchmark_path VARCHAR,
     hash VARCHAR,                 -- sha256 | phash | pdq: which hash matched
     distance INTEGER
+);
+CREATE TABLE IF NOT EXISTS dedup_runs (  -- one row per finished run: the stage's "done" mark
+    finished_at TIMESTAMP, threshold INTEGER, options VARCHAR, stats VARCHAR  -- JSON
 );
 CREATE TABLE IF NOT EXISTS benchmark_images (
     benchmark VARCHAR, path VARCHAR, sha256 VARCHAR, phash VARCHAR, pdq VARCHAR,
@@ -237,7 +242,7 @@ def plan_mih(
         combos = tuple(itertools.combinations(range(count), exact))
         bits = [sum(bin(cut[b][1]).count("1") for b in combo) for combo in combos]
         candidates = sum(pairs / 2.0**b for b in bits)
-        cost = len(combos) * (scanned + COMBO_OVERHEAD_ROWS) + candidates
+        cost = len(combos) * (scanned + COMBO_OVERHEAD_ROWS) + CANDIDATE_COST * candidates
         if cost < best_cost:
             best_cost = cost
             best = MihPlan(words, threshold, cut, combos, candidates)
@@ -323,9 +328,9 @@ def _sql_list(values: tuple[str, ...]) -> str:
 
 def _hex_words(column: str, words: int) -> list[str]:
     """SQL turning a hex string column into `words` UBIGINTs (NULL unless well formed)."""
-    ok = f"regexp_full_match({column}, '[0-9a-f]{{{16 * words}}}')"
     return [
-        f"CASE WHEN {ok} THEN ('0x' || substr({column}, {16 * w + 1}, 16))::UBIGINT END"
+        f"CASE WHEN length({column}) = {16 * words} "
+        f"THEN TRY_CAST('0x' || substr({column}, {16 * w + 1}, 16) AS UBIGINT) END"
         for w in range(words)
     ]
 
@@ -368,21 +373,24 @@ class _Steps:
             self.progress.update(self.task, total=finished, completed=finished)
 
 
+def _node_of(h: str) -> str:
+    """A 64-bit hash as a BIGINT node id (order-preserving bijection): no numbering, so
+    images find their node without a join."""
+    return f"(CAST({h} AS HUGEINT) - 9223372036854775808)::BIGINT"
+
+
 def _load_images(con: duckdb.DuckDBPyConnection) -> None:
-    """_dd_images: one row per fetched image, its phash as UBIGINT and the policy columns."""
-    (h,) = _hex_words("lower(i.phash)", 1)
+    """_dd_images: each fetched image's record_id, sha256, phash as UBIGINT, and node.
+
+    `images` holds one row per record (fetch replaces a unit's rows); no DISTINCT here,
+    which would cost a sort of every id: the few rows ranked later are made distinct.
+    """
+    (h,) = _hex_words("lower(phash)", 1)
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _dd_images AS
-        SELECT DISTINCT ON (i.record_id)
-               i.record_id, i.sha256, {h} AS h, r.source,
-               regexp_replace(coalesce(r.license, 'unknown'), '-[0-9][0-9.]*$', '')
-                   AS license_family,
-               CAST(coalesce(i.width, r.width) AS BIGINT)
-                   * CAST(coalesce(i.height, r.height) AS BIGINT) AS pixels
-        FROM images i LEFT JOIN record_images r ON r.record_id = i.record_id
-        WHERE i.status = 'ok'
-        ORDER BY i.record_id
+        SELECT record_id, sha256, h, {_node_of("h")} AS node
+        FROM (SELECT record_id, sha256, {h} AS h FROM images WHERE status = 'ok')
         """
     )
 
@@ -393,28 +401,27 @@ def _excluded_species(con: duckdb.DuckDBPyConnection, names: list[str]) -> None:
     The species is the resolved one (taxa_resolved) when the record was resolved, else the
     source's; both are compared as lower-case 'genus epithet'.
     """
+    if not names:  # nothing held out: skip the scan of every record
+        con.execute("CREATE OR REPLACE TEMP TABLE _dd_excluded (record_id VARCHAR)")
+        return
     con.execute("CREATE OR REPLACE TEMP TABLE _dd_species_names (name VARCHAR)")
-    if names:
-        con.executemany("INSERT INTO _dd_species_names VALUES (?)", [(n,) for n in names])
+    con.executemany("INSERT INTO _dd_species_names VALUES (?)", [(n,) for n in names])
     binomial = (
         "CASE WHEN {s} LIKE '% %' THEN {s} WHEN {g} IS NOT NULL AND {s} IS NOT NULL "
         "THEN {g} || ' ' || {s} END"
     )
     resolved = binomial.format(s="t.species", g="t.genus")
     source = binomial.format(s="r.species", g="r.genus")
+    normal = "lower(regexp_replace(trim({}), '\\s+', ' ', 'g'))"
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _dd_excluded AS
-        WITH resolved AS (
-            SELECT record_id, any_value({resolved}) AS species
-            FROM taxa_resolved t GROUP BY record_id
-        )
-        SELECT r.record_id
-        FROM records r LEFT JOIN resolved USING (record_id)
-        WHERE lower(regexp_replace(trim(
-                  CASE WHEN resolved.record_id IS NOT NULL THEN resolved.species
-                       ELSE {source} END), '\\s+', ' ', 'g'))
-              IN (SELECT name FROM _dd_species_names)
+        SELECT DISTINCT t.record_id FROM taxa_resolved t
+        WHERE {normal.format(resolved)} IN (SELECT name FROM _dd_species_names)
+        UNION
+        SELECT r.record_id FROM records r
+        WHERE {normal.format(source)} IN (SELECT name FROM _dd_species_names)
+          AND r.record_id NOT IN (SELECT record_id FROM taxa_resolved)
         """
     )
 
@@ -430,10 +437,11 @@ def _distinct_hashes(
     cols = ", ".join(f"{e} AS w{w}" for w, e in enumerate(word_exprs))
     names = ", ".join(f"w{w}" for w in range(len(word_exprs)))
     not_null = " AND ".join(f"w{w} IS NOT NULL" for w in range(len(word_exprs)))
+    node = _node_of("w0") if len(word_exprs) == 1 else "row_number() OVER ()"
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE {out} AS
-        SELECT row_number() OVER (ORDER BY {names}) - 1 AS node, {names}
+        SELECT {node} AS node, {names}
         FROM (SELECT DISTINCT {cols} FROM {from_sql}) WHERE {not_null}
         """
     )
@@ -461,13 +469,17 @@ def _find_leaks(
         "CREATE OR REPLACE TEMP TABLE _dd_leak_all "
         "(record_id VARCHAR, bench_id BIGINT, hash VARCHAR, distance INTEGER)"
     )
-    con.execute(
-        "INSERT INTO _dd_leak_all SELECT p.record_id, b.bench_id, 'sha256', 0 "
-        f"FROM _dd_images p JOIN _dd_bench b ON b.sha256 = p.sha256 WHERE {_NOT_EXCLUDED}"
-    )
+    benchmarks = _count(con, "SELECT count(*) FROM _dd_bench")
+    if benchmarks:
+        con.execute(
+            "INSERT INTO _dd_leak_all SELECT p.record_id, b.bench_id, 'sha256', 0 "
+            f"FROM _dd_images p JOIN _dd_bench b ON b.sha256 = p.sha256 WHERE {_NOT_EXCLUDED}"
+        )
     # (hash, training table, its hash column, benchmark column, 64-bit words, threshold)
     searches = [("phash", "_dd_images", "p.h", "lower(b.phash)", 1, options.threshold)]
-    if use_pdq:
+    if not benchmarks:
+        searches = []
+    elif use_pdq:
         searches.append(("pdq", "_dd_pdq", "p.pdq", "lower(b.pdq)", 4, options.pdq_threshold))
     for kind, table, train_col, bench_col, words, threshold in searches:
         train_words = [train_col] if words == 1 else _hex_words(train_col, words)
@@ -521,22 +533,33 @@ def _pdq_table(con: duckdb.DuckDBPyConnection) -> int:
 
 def _pool_hashes(con: duckdb.DuckDBPyConnection) -> int:
     """_dd_pool: images left after leakage and species removal; _dd_nodes: their hashes."""
+    removed = _count(con, "SELECT (SELECT count(*) FROM _dd_excluded) + count(*) FROM _dd_leaks")
+    where = f"WHERE {_NOT_EXCLUDED} AND p.record_id NOT IN (SELECT record_id FROM _dd_leaks)"
     con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE _dd_pool AS
-        SELECT * FROM _dd_images p
-        WHERE {_NOT_EXCLUDED} AND p.record_id NOT IN (SELECT record_id FROM _dd_leaks)
-        """
+        "CREATE OR REPLACE TEMP VIEW _dd_pool AS "
+        f"SELECT * FROM _dd_images p {where if removed else ''}"
     )
     return _distinct_hashes(con, "_dd_nodes", "_dd_pool p", ["p.h"])
 
 
 def _clusters(con: duckdb.DuckDBPyConnection, policy: KeepPolicy) -> int:
     """_dd_drop(record_id, kept_record_id, kind, distance) from the verified pairs in
-    _dd_edges; returns the number of duplicate clusters."""
+    _dd_edges; returns the number of duplicate clusters.
+
+    Only images that can have a twin (in a verified pair, sharing a hash, or sharing a
+    sha256) are ranked, and only they are joined to their source, licence and size: the
+    window functions then touch thousands of rows, not every image.
+    """
+    # sha256 groups, found by a 64-bit hash of the digest (an integer group-by is several
+    # times cheaper than one on 64-character strings; equality is re-checked below).
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE _dd_pool_nodes AS "
-        "SELECT p.*, n.node FROM _dd_pool p LEFT JOIN _dd_nodes n ON n.w0 = p.h"
+        """
+        CREATE OR REPLACE TEMP TABLE _dd_sha_multi AS
+        SELECT hash(sha256) AS sha_key,
+               count(node) < count(*) OR min(node) <> max(node) AS spans_nodes
+        FROM _dd_pool WHERE sha256 IS NOT NULL
+        GROUP BY sha_key HAVING count(*) > 1
+        """
     )
     # Byte-identical files are duplicates even where their stored phash differs (hashes
     # written by two versions): tie their hash nodes together too.
@@ -545,32 +568,56 @@ def _clusters(con: duckdb.DuckDBPyConnection, policy: KeepPolicy) -> int:
         INSERT INTO _dd_edges
         SELECT DISTINCT first_node, node, NULL FROM (
             SELECT node, min(node) OVER (PARTITION BY sha256) AS first_node
-            FROM _dd_pool_nodes WHERE node IS NOT NULL AND sha256 IS NOT NULL
+            FROM _dd_pool
+            WHERE hash(sha256) IN (SELECT sha_key FROM _dd_sha_multi WHERE spans_nodes)
         ) WHERE node <> first_node
         """
     )
     connected_components(con, "_dd_edges", "_dd_components")
-    # Cluster id: the component's smallest node; a hash in no pair is its own cluster; an
-    # image without a usable phash joins its sha256 twins' cluster, or clusters by sha256
-    # alone (negative ids).
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _dd_twins AS
+        SELECT DISTINCT ON (p.record_id) p.*, c.root
+        FROM _dd_pool p LEFT JOIN _dd_components c USING (node)
+        WHERE c.node IS NOT NULL
+           OR p.node IN (SELECT node FROM _dd_pool WHERE node IS NOT NULL
+                         GROUP BY node HAVING count(*) > 1)
+           OR hash(p.sha256) IN (SELECT sha_key FROM _dd_sha_multi)
+        """
+    )
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _dd_candidates AS
+        SELECT t.*, r.source,
+               regexp_replace(coalesce(r.license, 'unknown'), '-[0-9][0-9.]*$', '')
+                   AS license_family,
+               CAST(coalesce(i.width, r.width) AS BIGINT)
+                   * CAST(coalesce(i.height, r.height) AS BIGINT) AS pixels
+        FROM _dd_twins t
+        LEFT JOIN (SELECT DISTINCT ON (record_id) record_id, width, height FROM images
+                   WHERE status = 'ok' AND record_id IN (SELECT record_id FROM _dd_twins)) i
+               USING (record_id)
+        LEFT JOIN record_images r ON r.record_id = t.record_id
+        """
+    )
+    # Cluster id: the component's smallest node, else the image's own hash node; an image
+    # without a usable phash joins its sha256 twins' cluster, or clusters by sha256 alone.
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _dd_ranked AS
         WITH hashed AS (
-            SELECT p.*, coalesce(c.root, p.node) AS hash_cluster
-            FROM _dd_pool_nodes p LEFT JOIN _dd_components c ON c.node = p.node
+            SELECT *, coalesce(root, node) AS hash_cluster FROM _dd_candidates
         ), clustered AS (
-            SELECT * EXCLUDE (hash_cluster), coalesce(
-                hash_cluster,
-                CASE WHEN sha256 IS NOT NULL
-                     THEN min(hash_cluster) OVER (PARTITION BY sha256) END,
-                -dense_rank() OVER (ORDER BY coalesce(sha256, record_id))) AS cluster
+            SELECT * EXCLUDE (hash_cluster),
+                   coalesce(hash_cluster, CASE WHEN sha256 IS NOT NULL
+                       THEN min(hash_cluster) OVER (PARTITION BY sha256) END) AS by_hash,
+                   CASE WHEN by_hash IS NULL THEN coalesce(sha256, record_id) END AS by_sha
             FROM hashed
         ), multi AS (
-            SELECT * FROM clustered QUALIFY count(*) OVER (PARTITION BY cluster) > 1
+            SELECT * FROM clustered QUALIFY count(*) OVER (PARTITION BY by_hash, by_sha) > 1
         )
-        SELECT *, row_number() OVER (PARTITION BY cluster ORDER BY {policy.order_sql()})
-                  AS rank
+        SELECT *, row_number() OVER (
+                      PARTITION BY by_hash, by_sha ORDER BY {policy.order_sql()}) AS rank
         FROM multi p
         """
     )
@@ -581,17 +628,24 @@ def _clusters(con: duckdb.DuckDBPyConnection, policy: KeepPolicy) -> int:
                CASE WHEN d.sha256 = k.sha256 THEN 'exact' ELSE 'near' END AS kind,
                CASE WHEN d.sha256 = k.sha256 THEN 0
                     ELSE bit_count(xor(d.h, k.h)) END AS distance
-        FROM _dd_ranked d JOIN _dd_ranked k ON k.cluster = d.cluster AND k.rank = 1
+        FROM _dd_ranked d JOIN _dd_ranked k
+          ON k.by_hash IS NOT DISTINCT FROM d.by_hash AND k.by_sha IS NOT DISTINCT FROM d.by_sha
+         AND k.rank = 1
         WHERE d.rank > 1
         """
     )
-    return _count(con, "SELECT count(DISTINCT cluster) FROM _dd_ranked")
+    return _count(con, "SELECT count(DISTINCT (by_hash, by_sha)) FROM _dd_ranked")
 
 
-def _write(con: duckdb.DuckDBPyConnection) -> None:
-    """Replace `duplicates`, `dedup_leaks` and `benchmark_images` in one transaction."""
+def _write(con: duckdb.DuckDBPyConnection, options: DedupOptions, stats: DedupStats) -> None:
+    """Replace `duplicates`, `dedup_leaks` and `benchmark_images`, and log the run in
+    `dedup_runs`, in one transaction: a crash leaves the previous result whole."""
     con.execute("BEGIN TRANSACTION")
     try:
+        con.execute(
+            "INSERT INTO dedup_runs VALUES (now(), ?, ?, ?)",
+            [options.threshold, json.dumps(_options_json(options)), json.dumps(stats.to_json())],
+        )
         con.execute("DELETE FROM duplicates")
         con.execute(
             """
@@ -647,7 +701,7 @@ def run_dedup(
     """
     stats = DedupStats(threshold=options.threshold, policy=options.policy.describe())
     steps = _Steps(stats, progress)
-    con.execute(LEAKS_SQL)
+    con.execute(TABLES_SQL)
     species = load_excluded_species(options.exclude_species) if options.exclude_species else []
     stats.species_excluded = species
 
@@ -692,25 +746,36 @@ def run_dedup(
     stats.clusters = _clusters(con, options.policy)
     steps.done()
 
-    steps.start("write duplicates")
-    _write(con)
-    steps.done()
     _fill_counts(con, stats, options)
+    steps.start("write duplicates")
+    _write(con, options, stats)
+    steps.done()
+    _drop_temporaries(con)
+    return stats
+
+
+def _drop_temporaries(con: duckdb.DuckDBPyConnection) -> None:
+    for (view,) in con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE temporary AND starts_with(view_name, '_dd_')"
+    ).fetchall():
+        con.execute(f"DROP VIEW IF EXISTS {view}")
     for (table,) in con.execute(
         "SELECT table_name FROM duckdb_tables() WHERE temporary AND starts_with(table_name, '_dd_')"
     ).fetchall():
         con.execute(f"DROP TABLE IF EXISTS {table}")
-    return stats
 
 
 def _fill_counts(con: duckdb.DuckDBPyConnection, stats: DedupStats, options: DedupOptions) -> None:
-    kinds = dict(con.execute("SELECT kind, count(*) FROM duplicates GROUP BY kind").fetchall())
+    """Counts from the run's temp tables (before they are written)."""
+    kinds = dict(con.execute("SELECT kind, count(*) FROM _dd_drop GROUP BY kind").fetchall())
     stats.exact, stats.near = kinds.get("exact", 0), kinds.get("near", 0)
-    stats.leak, stats.excluded_species = kinds.get("leak", 0), kinds.get("excluded-species", 0)
+    stats.leak = _count(con, "SELECT count(*) FROM _dd_leaks")
+    stats.excluded_species = _count(con, "SELECT count(*) FROM _dd_excluded")
     stats.kept = _count(
         con,
-        "SELECT count(*) FROM _dd_images p WHERE p.record_id NOT IN "
-        "(SELECT record_id FROM duplicates)",
+        "SELECT count(*) FROM _dd_images p WHERE p.record_id NOT IN (SELECT record_id FROM "
+        "_dd_excluded UNION ALL SELECT record_id FROM _dd_leaks UNION ALL SELECT record_id "
+        "FROM _dd_drop)",
     )
     stats.chained = _count(
         con, f"SELECT count(*) FROM _dd_drop WHERE kind = 'near' AND distance > {options.threshold}"

@@ -12,6 +12,7 @@ import glob
 import hashlib
 import io
 import logging
+import multiprocessing
 import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
@@ -174,7 +175,10 @@ def hash_benchmarks(
     one bad benchmark file must not stop a dedup run, and the caller reports them.
     """
     rows: list[BenchmarkImage] = []
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    # spawn, not fork: the caller holds a DuckDB connection whose threads a fork would copy
+    # mid-lock; the pool only needs PIL, numpy and pdqhash.
+    spawn = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=spawn) if workers > 1 else None
     try:
         for spec in specs:
             for batch in _batches(iter_benchmark_files(spec), BATCH * max(workers, 1)):

@@ -2,15 +2,17 @@
 
 `imagehash.phash(img)` is grey → 32×32 Lanczos (Pillow) → 2-D DCT-II (`scipy.fftpack`) →
 top-left 8×8 > its median; `imagehash.dhash(img)` is grey → 9×8 Lanczos → each pixel >
-its left neighbour. These functions run the same Pillow resizes and the same scipy DCT
-(one call for a whole batch), so the 64 bits are identical; they skip imagehash's
-per-image objects and bit-string formatting. Hashes travel as 16 lowercase hex digits,
-`str(imagehash.phash(img))`'s format, or as the same value in a uint64.
+its left neighbour. Here Pillow's fixed-point Lanczos is reproduced exactly by banded
+float64 matrix products (both thumbnails from one grey conversion) and one scipy DCT call
+serves a whole batch: the same 64 bits, about 1.7× faster (docs/images.md). Hashes travel
+as 16 lowercase hex digits, `str(imagehash.phash(img))`'s format, or as a uint64.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import functools
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import scipy.fftpack
@@ -26,14 +28,217 @@ def grey(image: Image.Image) -> Image.Image:
     return image if image.mode == "L" else image.convert("L")
 
 
+# Pillow's 8-bit resampler, reproduced as float64 matrix products. Pillow rounds each
+# Lanczos weight to a 22-bit fixed-point integer, sums pixel × weight exactly in an int and
+# keeps `clamp(sum >> 22)`, one axis after the other. Those integer sums stay below 2**31,
+# so a float64 GEMM computes them exactly, then the same shift and clamp give the same
+# bytes, faster than Pillow's scalar loops (products only over each band's nonzero span).
+_PRECISION_BITS = 22
+
+
+@functools.lru_cache(maxsize=1024)
+def _lanczos_weights(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) integer weights of Pillow's Lanczos resample (precompute_coeffs)."""
+    scale = float(in_size) / out_size
+    filterscale = max(scale, 1.0)
+    support = 3.0 * filterscale
+    weights = np.zeros((out_size, in_size), dtype=np.float64)
+    for out in range(out_size):
+        center = (out + 0.5) * scale
+        first = max(int(center - support + 0.5), 0)
+        last = min(int(center + support + 0.5), in_size)
+        x = ((np.arange(first, last) - center) + 0.5) * (1.0 / filterscale)
+        w = np.zeros_like(x)
+        inside = (x >= -3.0) & (x < 3.0)
+        w[inside] = _sinc(x[inside]) * _sinc(x[inside] / 3)
+        total = np.cumsum(w)[-1] if len(w) else 0.0  # sequential sum, as the C loop
+        if total != 0.0:
+            w = w / total
+        scaled = w * (1 << _PRECISION_BITS)
+        weights[out, first:last] = np.trunc(np.where(w < 0, scaled - 0.5, scaled + 0.5))
+    return weights
+
+
+def _sinc(x: np.ndarray) -> np.ndarray:
+    out = np.ones_like(x)
+    nonzero = x != 0.0
+    angle = x[nonzero] * np.pi
+    out[nonzero] = np.sin(angle) / angle
+    return out
+
+
+def _shift_clamp(sums: np.ndarray) -> np.ndarray:
+    """Pillow's clip8: (sum + 2**21) >> 22, clamped to 0..255 (exact on float64 integers)."""
+    half = float(1 << (_PRECISION_BITS - 1))
+    return np.clip(np.floor((sums + half) * (1.0 / (1 << _PRECISION_BITS))), 0, 255)
+
+
+_BAND_ROWS = 8  # output samples per matrix product: skips most of the zero weights
+
+
+@functools.lru_cache(maxsize=1024)
+def _weight_bands(in_size: int, out_size: int) -> tuple[tuple[int, int, int, np.ndarray], ...]:
+    """The weights cut in bands of outputs, each with only its nonzero input span:
+    (first output, first input, end input, weights[outputs, inputs])."""
+    weights = _lanczos_weights(in_size, out_size)
+    bands = []
+    for first in range(0, out_size, _BAND_ROWS):
+        block = weights[first : first + _BAND_ROWS]
+        used = np.flatnonzero(block.any(axis=0))
+        low, high = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 1)
+        bands.append((first, low, high, np.ascontiguousarray(block[:, low:high])))
+    return tuple(bands)
+
+
+def _resample_rows(pixels: np.ndarray, out_h: int) -> np.ndarray:
+    """Vertical pass: (H, C) float64 → (out_h, C) clamped integers."""
+    sums = np.empty((out_h, pixels.shape[1]))
+    for first, low, high, block in _weight_bands(pixels.shape[0], out_h):
+        sums[first : first + len(block)] = block @ pixels[low:high]
+    return _shift_clamp(sums)
+
+
+def _resample_columns(pixels: np.ndarray, out_w: int) -> np.ndarray:
+    """Horizontal pass: (R, W) float64 → (R, out_w) clamped integers."""
+    sums = np.empty((pixels.shape[0], out_w))
+    for first, low, high, block in _weight_bands(pixels.shape[1], out_w):
+        sums[:, first : first + len(block)] = pixels[:, low:high] @ block.T
+    return _shift_clamp(sums)
+
+
+_ROW_BLOCK = 192  # rows converted to float64 at a time: stays in cache across the bands
+
+
+def _horizontal_first(pixels: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """Horizontal then vertical passes for every size, reading the uint8 rows once, a
+    cache-sized block at a time."""
+    in_h, in_w = pixels.shape
+    sums = [np.empty((in_h, out_w)) for out_w, _h in sizes]
+    bands = [_weight_bands(in_w, out_w) for out_w, _h in sizes]
+    for top in range(0, in_h, _ROW_BLOCK):
+        rows = pixels[top : top + _ROW_BLOCK].astype(np.float64)
+        for total, size_bands in zip(sums, bands, strict=True):
+            for first, low, high, block in size_bands:
+                total[top : top + len(rows), first : first + len(block)] = (
+                    rows[:, low:high] @ block.T
+                )
+    out = []
+    for (_w, out_h), total in zip(sizes, sums, strict=True):
+        narrow = _shift_clamp(total)
+        out.append(narrow if out_h == in_h else _resample_rows(narrow, out_h))
+    return out
+
+
+def _vertical_first(in_w: int, in_h: int, out_w: int, out_h: int) -> bool:
+    """Pillow ≥ 13 runs the vertical pass first on tall reductions (measured rule, checked
+    against Pillow at first use by `_resampler_matches_pillow`)."""
+    return in_w != out_w and in_h != out_h and in_h - out_h > 2 * max(in_w - out_w, 0)
+
+
+def lanczos_thumbnails(
+    grey_pixels: np.ndarray, sizes: Sequence[tuple[int, int]]
+) -> list[np.ndarray]:
+    """uint8 thumbnails of a (H, W) uint8 grey array, equal to Pillow's
+    `Image.resize((w, h), LANCZOS)` for each (w, h) in `sizes`."""
+    pixels = np.asarray(grey_pixels, dtype=np.uint8)
+    in_h, in_w = pixels.shape
+    if not _resampler_matches_pillow():
+        image = Image.fromarray(np.ascontiguousarray(pixels), "L")
+        return [np.asarray(image.resize(size, LANCZOS)) for size in sizes]
+    with _one_blas_thread():
+        return _thumbnails(pixels, sizes)
+
+
+@functools.cache
+def _blas_controller():
+    """threadpoolctl's handle on the loaded BLAS, found once per process (or None)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # optional: without it BLAS keeps its own thread count
+        return None
+    return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """These products are small: BLAS threads only fight the worker processes for cores
+    (measured 4-10× slower on a busy 2-core machine), so run them on the calling thread."""
+    controller = _blas_controller()
+    if controller is None:
+        yield
+        return
+    with controller.limit(limits=1, user_api="blas"):
+        yield
+
+
+def _thumbnails(pixels: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    in_h, in_w = pixels.shape
+    results: dict[tuple[int, int], np.ndarray] = {}
+    across = [size for size in sizes if size[0] != in_w and not _vertical_first(in_w, in_h, *size)]
+    for size, thumb in zip(across, _horizontal_first(pixels, across), strict=True):
+        results[size] = thumb
+    as_float = None
+    for size in sizes:
+        if size in results:
+            continue
+        if size == (in_w, in_h):
+            results[size] = pixels
+            continue
+        as_float = pixels.astype(np.float64) if as_float is None else as_float
+        out_w, out_h = size
+        if out_w == in_w:  # vertical pass only
+            results[size] = _resample_rows(as_float, out_h)
+        else:  # Pillow's vertical-first order
+            results[size] = _resample_columns(_resample_rows(as_float, out_h), out_w)
+    return [np.asarray(results[size], dtype=np.uint8) for size in sizes]
+
+
+@functools.cache
+def _resampler_matches_pillow() -> bool:
+    """Does the GEMM resampler give this Pillow's bytes? Else use Pillow's own resize."""
+    rng = np.random.default_rng(20231118)
+    for in_h, in_w in ((600, 800), (800, 301), (31, 45), (7, 5), (1, 97), (250, 90)):
+        pixels = rng.integers(0, 256, (in_h, in_w), dtype=np.uint8)
+        image = Image.fromarray(pixels, "L")
+        as_float = pixels.astype(np.float64)
+        for size in ((PHASH_SIDE, PHASH_SIDE), (HASH_SIZE + 1, HASH_SIZE)):
+            want = np.asarray(image.resize(size, LANCZOS))
+            if size == (in_w, in_h):
+                continue
+            got = _pillow_order(as_float, size).astype(np.uint8)
+            if not np.array_equal(got, want):
+                return False
+    return True
+
+
+def _pillow_order(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """One thumbnail by the straightforward two passes, in Pillow's order (self-check)."""
+    in_h, in_w = pixels.shape
+    out_w, out_h = size
+    if _vertical_first(in_w, in_h, out_w, out_h):
+        return _resample_columns(_resample_rows(pixels, out_h), out_w)
+    if out_w != in_w:
+        pixels = _resample_columns(pixels, out_w)
+    return pixels if out_h == in_h else _resample_rows(pixels, out_h)
+
+
+def hash_thumbnails(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """The (32, 32) phash and (8, 9) dhash thumbnails of one image (one grey conversion)."""
+    pixels = np.asarray(grey(image))
+    phash_thumb, dhash_thumb = lanczos_thumbnails(
+        pixels, [(PHASH_SIDE, PHASH_SIDE), (HASH_SIZE + 1, HASH_SIZE)]
+    )
+    return phash_thumb, dhash_thumb
+
+
 def phash_thumbnail(image: Image.Image) -> np.ndarray:
     """The 32×32 uint8 thumbnail phash transforms (grey, Pillow Lanczos, as imagehash)."""
-    return np.asarray(grey(image).resize((PHASH_SIDE, PHASH_SIDE), LANCZOS))
+    return lanczos_thumbnails(np.asarray(grey(image)), [(PHASH_SIDE, PHASH_SIDE)])[0]
 
 
 def dhash_thumbnail(image: Image.Image) -> np.ndarray:
     """The 8×9 (rows × columns) uint8 thumbnail dhash compares."""
-    return np.asarray(grey(image).resize((HASH_SIZE + 1, HASH_SIZE), LANCZOS))
+    return lanczos_thumbnails(np.asarray(grey(image)), [(HASH_SIZE + 1, HASH_SIZE)])[0]
 
 
 def _pack(bits: np.ndarray) -> np.ndarray:
@@ -62,7 +267,8 @@ def dhash_from_thumbnails(thumbnails: np.ndarray) -> np.ndarray:
     """(N, 8, 9) uint8 thumbnails → (N,) uint64 dhashes (pixel > left neighbour)."""
     pixels = np.asarray(thumbnails)
     if pixels.ndim != 3 or pixels.shape[1:] != (HASH_SIZE, HASH_SIZE + 1):
-        raise ValueError(f"expected (N, {HASH_SIZE}, {HASH_SIZE + 1}) thumbnails, got {pixels.shape}")
+        expected = (HASH_SIZE, HASH_SIZE + 1)
+        raise ValueError(f"expected (N, *{expected}) thumbnails, got {pixels.shape}")
     if len(pixels) == 0:
         return np.zeros(0, dtype=np.uint64)
     return _pack(pixels[:, :, 1:] > pixels[:, :, :-1])
@@ -73,6 +279,17 @@ def phash_batch(images: Sequence[Image.Image]) -> np.ndarray:
     if not images:
         return np.zeros(0, dtype=np.uint64)
     return phash_from_thumbnails(np.stack([phash_thumbnail(image) for image in images]))
+
+
+def hash_batch(images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+    """(phashes, dhashes) of each image as uint64 arrays: the fused fast path."""
+    if not images:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
+    thumbs = [hash_thumbnails(image) for image in images]
+    return (
+        phash_from_thumbnails(np.stack([p for p, _d in thumbs])),
+        dhash_from_thumbnails(np.stack([d for _p, d in thumbs])),
+    )
 
 
 def dhash_batch(images: Sequence[Image.Image]) -> np.ndarray:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,6 +33,10 @@ REJECT_REASONS = (
     "too-small",  # a side shorter than `ResizeSpec.min_side`
 )
 WHITE = (255, 255, 255)
+# Resizes first box-average by the largest whole factor that keeps the picture at least the
+# target size, then resample (Pillow's reducing_gap=1): the cost of a JPEG draft decode,
+# for every format and for the exact mode's full-size decode too.
+REDUCING_GAP = 1.0
 
 
 class ImageRejected(TolError):
@@ -92,17 +95,19 @@ def _open(raw: bytes, spec: ResizeSpec) -> Image.Image:
     """Parse the header only: format, size; reject early before any pixel is decoded."""
     if not raw:
         raise ImageRejected("empty", "zero bytes")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(raw), formats=_formats())
-        except Image.DecompressionBombError as error:
-            raise ImageRejected("decompression-bomb", str(error)) from None
-        except Image.UnidentifiedImageError:
-            raise ImageRejected("not-an-image", f"{raw[:16]!r}... is no image format") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as error:
-            reason = "truncated" if _is_truncation(error) else "corrupt"
-            raise ImageRejected(reason, f"header: {error}") from None
+    # (Pillow warns between its two bomb limits; `max_pixels` below decides. No
+    # warnings.catch_warnings here: it swaps global state and is unsafe in threads.)
+    try:
+        image = Image.open(io.BytesIO(raw), formats=_formats())
+    except Image.DecompressionBombError as error:
+        raise ImageRejected("decompression-bomb", str(error)) from None
+    except Image.UnidentifiedImageError:
+        raise ImageRejected("not-an-image", f"{raw[:16]!r}... is no image format") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        reason = "truncated" if _is_truncation(error) else "corrupt"
+        raise ImageRejected(reason, f"header: {error}") from None
+    except Exception as error:  # plugin bugs on hostile headers (struct.error, ...)
+        raise ImageRejected("corrupt", f"header: {type(error).__name__}: {error}") from None
     width, height = image.size
     if width * height > spec.max_pixels:
         raise ImageRejected("decompression-bomb", f"{width}x{height} > {spec.max_pixels} pixels")
@@ -131,19 +136,20 @@ def _load(image: Image.Image, spec: ResizeSpec) -> None:
     draft = _draft_size(spec)
     if draft is not None and image.format in ("JPEG", "MPO"):
         image.draft("RGB", draft)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            image.load()
-        except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as error:
-            reason = "truncated" if _is_truncation(error) else "corrupt"
-            raise ImageRejected(reason, str(error)) from None
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as error:
+        reason = "truncated" if _is_truncation(error) else "corrupt"
+        raise ImageRejected(reason, str(error)) from None
+    except Exception as error:  # a decoder bug must reject one image, not end a work unit
+        raise ImageRejected("corrupt", f"{type(error).__name__}: {error}") from None
 
 
 def _upright(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation; a broken EXIF block leaves the pixels as stored."""
     try:
-        return ImageOps.exif_transpose(image) or image
+        ImageOps.exif_transpose(image, in_place=True)  # no copy when nothing to turn
+        return image
     except Exception:  # malformed EXIF is common in the wild; the pixels are still good
         return image
 
@@ -161,9 +167,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
             values, top = values - low, max(high - low, 1e-12)
         scaled = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
         return Image.fromarray(scaled, "L").convert("RGB")
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        mode == "P" and "transparency" in image.info
-    ) or (mode in ("L", "RGB", "1") and "transparency" in image.info):
+    if (
+        mode in ("RGBA", "LA", "PA", "RGBa", "La")
+        or (mode == "P" and ("transparency" in image.info or image.palette.mode == "RGBA"))
+        or (mode in ("L", "RGB", "1") and "transparency" in image.info)
+    ):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, WHITE + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -172,10 +180,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def decode_image(raw: bytes, spec: ResizeSpec | None = None) -> Image.Image:
     """Bytes → the upright 8-bit RGB image that is hashed and resized; or ImageRejected."""
-    spec = spec or ResizeSpec()
+    return _decode(raw, spec or ResizeSpec())[0]
+
+
+def _decode(raw: bytes, spec: ResizeSpec) -> tuple[Image.Image, tuple[int, int]]:
+    """The decoded picture and the original's upright size (a draft decode is smaller)."""
     image = _open(raw, spec)
+    stored_width, stored_height = image.size
     _load(image, spec)
-    return to_rgb(_upright(image))
+    loaded = image.size
+    upright = _upright(image)
+    turned = upright.size != loaded  # EXIF orientations 5-8 swap the sides
+    original = (stored_height, stored_width) if turned else (stored_width, stored_height)
+    return to_rgb(upright), original
 
 
 def resize(image: Image.Image, spec: ResizeSpec) -> Image.Image:
@@ -187,13 +204,13 @@ def resize(image: Image.Image, spec: ResizeSpec) -> Image.Image:
     if spec.mode == "bioclip":
         if (width, height) == (size, size):
             return image
-        return image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+        return image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=REDUCING_GAP)
     if spec.mode == "keep-ratio":
         if max(width, height) <= size:
             return image
         scale = size / max(width, height)
         target = (max(1, round(width * scale)), max(1, round(height * scale)))
-        return image.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        return image.resize(target, Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
     # center-crop: the centred square of side min(width, height), scaled to size×size
     side = min(width, height)
     left, top = (width - side) / 2, (height - side) / 2
@@ -203,7 +220,7 @@ def resize(image: Image.Image, spec: ResizeSpec) -> Image.Image:
         (size, size),
         Image.Resampling.LANCZOS,
         box=(left, top, left + side, top + side),
-        reducing_gap=3.0,
+        reducing_gap=REDUCING_GAP,
     )
 
 
@@ -227,7 +244,7 @@ def process_batch(
     Each entry is a ProcessedImage or the ImageRejected that explains the failure (in
     input order); with raise_first the first rejection is raised instead.
     """
-    decoded: list[tuple[int, Image.Image]] = []
+    decoded: list[int] = []  # input positions of the pictures that made it
     results: list[ProcessedImage | ImageRejected | None] = [None] * len(raws)
     phash_thumbs: list[np.ndarray] = []
     dhash_thumbs: list[np.ndarray] = []
@@ -235,23 +252,27 @@ def process_batch(
     sizes: list[tuple[int, int, int, int]] = []
     for index, raw in enumerate(raws):
         try:
-            image = decode_image(raw, spec)
+            image, original_size = _decode(raw, spec)
+            try:
+                phash_thumb, dhash_thumb = hashes.hash_thumbnails(image)
+                out = resize(image, spec)
+                jpeg = encode_jpeg(out, spec.jpeg_quality)
+            except (OSError, ValueError) as error:  # e.g. a mode Pillow cannot encode
+                raise ImageRejected("corrupt", f"{type(error).__name__}: {error}") from None
         except ImageRejected as rejected:
             if raise_first:
                 raise
             results[index] = rejected
             continue
-        grey = image.convert("L")
-        phash_thumbs.append(hashes.phash_thumbnail(grey))
-        dhash_thumbs.append(hashes.dhash_thumbnail(grey))
-        out = resize(image, spec)
-        stored.append(encode_jpeg(out, spec.jpeg_quality))
-        sizes.append((*image.size, *out.size))
-        decoded.append((index, image))
+        phash_thumbs.append(phash_thumb)
+        dhash_thumbs.append(dhash_thumb)
+        stored.append(jpeg)
+        sizes.append((*original_size, *out.size))
+        decoded.append(index)
     if decoded:
         phashes = hashes.hashes_to_hex(hashes.phash_from_thumbnails(np.stack(phash_thumbs)))
         dhashes = hashes.hashes_to_hex(hashes.dhash_from_thumbnails(np.stack(dhash_thumbs)))
-        for slot, (index, _image) in enumerate(decoded):
+        for slot, index in enumerate(decoded):
             width, height, out_width, out_height = sizes[slot]
             results[index] = ProcessedImage(
                 jpeg=stored[slot],

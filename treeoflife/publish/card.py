@@ -182,7 +182,7 @@ def _body(con: duckdb.DuckDBPyConnection, manifest: dict) -> str:
         "# TreeOfLife (regenerated)",
         "",
         "Images of organisms with 7-rank taxonomic labels and BioCLIP's text types, built by "
-        "[treeoflife](https://github.com/) (`tol shard`) in the TreeOfLife-10M layout: "
+        "the treeoflife toolkit (`tol shard`) in the TreeOfLife-10M layout: "
         "webdataset shards whose samples are keyed by `treeoflife_id` (a UUIDv5 of source "
         "and source id), a `catalog.csv` with the published TreeOfLife-10M columns, and a "
         "`catalog.parquet` adding licence, rights holder, source URL, sha256 and phash.",

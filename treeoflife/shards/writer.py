@@ -26,6 +26,7 @@ from PIL import Image
 
 from treeoflife.errors import TolError
 from treeoflife.shards import text
+from treeoflife.shards.catalog import unit_fingerprints_sql
 
 WRITER_VERSION = "treeoflife-shard-writer/1"
 TAR_MTIME = 1_577_836_800  # 2020-01-01: fixed, so equal inputs give byte-identical tars
@@ -418,8 +419,6 @@ def pending_units(
 ) -> tuple[list[ShardUnit], int]:
     """The planned shards not already written with the same fingerprint; exports their rows
     as Parquet (one file per shard). Returns (units to write, shards kept as they are)."""
-    from treeoflife.shards.catalog import unit_fingerprints_sql
-
     con.execute(SHARD_TABLES_SQL)
     con.execute(
         "CREATE OR REPLACE TEMP TABLE planned_units AS "

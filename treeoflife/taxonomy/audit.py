@@ -95,8 +95,18 @@ def fetch_dicts(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = 
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
+def images(condition: str | None = None) -> str:
+    """SQL: images in the grouped audit table, all or those matching `condition`."""
+    if condition is None:
+        return "coalesce(sum(n), 0)"
+    return f"coalesce(sum(n) FILTER (WHERE {condition}), 0)"
+
+
 def build_audit_records(con: duckdb.DuckDBPyConnection, db: str, table: str) -> str:
-    """Materialise one row per record of catalog `db` with the audited ranks in temp `table`.
+    """Materialise the records of catalog `db` with their audited ranks in temp `table`,
+    grouped: one row per distinct (source, taxon, names, ranks, status, method) with `n`
+    images, so a 10M-record catalog becomes about as many rows as it has source taxa and
+    every figure after this one scan is a query over that small table.
 
     The audited ranks are taxa_resolved's when it has rows, else the source's ranks.
     Returns the basis ('resolved' or 'source'). A record without a taxa_resolved row keeps
@@ -106,39 +116,53 @@ def build_audit_records(con: duckdb.DuckDBPyConnection, db: str, table: str) -> 
         _scalar(con, f"SELECT count(*) FROM {db}.taxa_resolved") > 0
     )
     # The name a person would search for: the source's name, else its deepest rank.
-    name_chain = ["r.scientific_name", *(f"r.{sql_ident(rank)}" for rank in reversed(RANKS))]
+    name_chain = ["s.scientific_name", *(f"s.{sql_ident(rank)}" for rank in reversed(RANKS))]
     source_cols = (
         f"coalesce({', '.join(sql_clean(c) for c in name_chain)}) AS source_name, "
-        f"{sql_clean('r.kingdom')} AS source_kingdom"
+        f"{sql_clean('s.kingdom')} AS source_kingdom"
     )
+    rank_list = ", ".join(f"g.{sql_ident(rank)}" for rank in RANKS)
+    # Group the records first, then add the source's names once per group: the big join
+    # (images to their resolution, by record_id) carries as little as it can.
     if has_resolved:
         basis = "resolved"
         ranks = ", ".join(
             f"{sql_clean('t.' + sql_ident(rank))} AS {sql_ident(rank)}" for rank in RANKS
         )
-        extra = "coalesce(t.status, 'not-run') AS status, t.method"
-        resolved = f"{db}.taxa_resolved"
-        joined = f"{db}.records r LEFT JOIN {resolved} t ON t.record_id = r.record_id"
+        grouped = f"""
+            SELECT i.source, i.taxon_key, {ranks},
+                   coalesce(t.status, 'not-run') AS status, t.method, count(*) AS n
+            FROM {db}.record_images i LEFT JOIN {{resolved}} t ON t.record_id = i.record_id
+            GROUP BY ALL"""
+        final = f"SELECT g.source, g.taxon_key, {source_cols}, {rank_list}, g.status, g.method, g.n"
     else:
         basis = "source"
+        grouped = f"SELECT source, taxon_key, count(*) AS n FROM {db}.record_images GROUP BY ALL"
         ranks = ", ".join(
-            f"{sql_clean('r.' + sql_ident(rank))} AS {sql_ident(rank)}" for rank in RANKS
+            f"{sql_clean('s.' + sql_ident(rank))} AS {sql_ident(rank)}" for rank in RANKS
         )
-        extra = "'not-run' AS status, NULL::VARCHAR AS method"
-        joined = f"{db}.records r"
-    select = f"SELECT r.record_id, r.source, {source_cols}, {ranks}, {extra} FROM "
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {select} {joined}")
+        final = (
+            f"SELECT g.source, g.taxon_key, {source_cols}, {ranks}, 'not-run' AS status, "
+            "NULL::VARCHAR AS method, g.n"
+        )
+    build = f"""
+        CREATE OR REPLACE TEMP TABLE {table} AS
+        WITH g AS ({grouped})
+        {final} FROM g
+        LEFT JOIN {db}.source_taxa s ON s.source = g.source AND s.taxon_key = g.taxon_key
+    """
+    resolved = f"{db}.taxa_resolved"
+    con.execute(build.replace("{resolved}", resolved))
     if has_resolved:
-        rows = _scalar(con, f"SELECT count(*) FROM {table}")
+        rows = _scalar(con, f"SELECT {images()} FROM {table}")
         if rows > _scalar(con, f"SELECT count(*) FROM {db}.record_images"):
             # taxa_resolved holds a record twice (a resolve bug); audit one row per record.
             log.warning("taxa_resolved has more than one row for some records; using one")
             deduped = (
-                f"{db}.records r LEFT JOIN (SELECT * FROM {resolved} QUALIFY row_number() "
-                "OVER (PARTITION BY record_id ORDER BY status, method) = 1) t "
-                "ON t.record_id = r.record_id"
+                f"(SELECT * FROM {resolved} QUALIFY row_number() "
+                "OVER (PARTITION BY record_id ORDER BY status, method) = 1)"
             )
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {select} {deduped}")
+            con.execute(build.replace("{resolved}", deduped))
     return basis
 
 
@@ -154,7 +178,7 @@ def _rank_figures(con: duckdb.DuckDBPyConnection, table: str) -> dict:
     for i, rank in enumerate(RANKS):
         path = ", ".join(sql_ident(r) for r in RANKS[: i + 1])
         selects.append(
-            f"count({sql_ident(rank)}), count(DISTINCT {sql_ident(rank)}), "
+            f"{images(sql_ident(rank) + ' IS NOT NULL')}, count(DISTINCT {sql_ident(rank)}), "
             f"count(DISTINCT CASE WHEN {sql_ident(rank)} IS NOT NULL THEN ({path}) END)"
         )
     row = con.execute(f"SELECT {', '.join(selects)} FROM {table}").fetchall()[0]
@@ -176,15 +200,15 @@ def _resolved_to_species(basis: str) -> str:
 
 def _group_figures(con: duckdb.DuckDBPyConnection, table: str, key: str, basis: str) -> dict:
     """Records, rank coverage, status counts and the resolved-to-species share per `key`."""
-    rank_counts = ", ".join(f"count({sql_ident(rank)}) AS {sql_ident(rank)}" for rank in RANKS)
-    status_counts = ", ".join(
-        f"count(*) FILTER (WHERE status = '{s}') AS {sql_ident(s)}" for s in STATUSES
+    rank_counts = ", ".join(
+        f"{images(sql_ident(rank) + ' IS NOT NULL')} AS {sql_ident(rank)}" for rank in RANKS
     )
+    status_counts = ", ".join(f"{images(f'status = {s!r}')} AS {sql_ident(s)}" for s in STATUSES)
     rows = fetch_dicts(
         con,
         f"""
-        SELECT coalesce({key}, '(unknown)') AS key, count(*) AS records,
-               count(*) FILTER (WHERE {_resolved_to_species(basis)}) AS resolved_to_species,
+        SELECT coalesce({key}, '(unknown)') AS key, {images()} AS records,
+               {images(_resolved_to_species(basis))} AS resolved_to_species,
                count(DISTINCT species) AS distinct_species, {rank_counts}, {status_counts}
         FROM {table} GROUP BY ALL ORDER BY records DESC, key
         """,
@@ -204,16 +228,10 @@ def _group_figures(con: duckdb.DuckDBPyConnection, table: str, key: str, basis: 
 
 
 def _details_sql(con: duckdb.DuckDBPyConnection, db: str) -> str | None:
-    """(record_id, details JSON) from resolve's explanation, wherever this catalog keeps it."""
-    resolved = _columns(con, db, "taxa_resolved")
-    if "details" in resolved:
-        return f"SELECT record_id, details::VARCHAR AS details FROM {db}.taxa_resolved"
-    if {"source", "taxon_key"} <= set(resolved) and "details" in (
-        _columns(con, db, "taxa_source_resolved")
-    ):
+    """(source, taxon_key, details JSON): resolve's explanation per source taxon, if kept."""
+    if "details" in _columns(con, db, "taxa_source_resolved"):
         return (
-            f"SELECT r.record_id, s.details::VARCHAR AS details FROM {db}.taxa_resolved r "
-            f"JOIN {db}.taxa_source_resolved s USING (source, taxon_key)"
+            f"SELECT source, taxon_key, details::VARCHAR AS details FROM {db}.taxa_source_resolved"
         )
     return None
 
@@ -229,14 +247,14 @@ def _name_list(
     name = "coalesce(source_name, '(no name)')"
     where = f"status = '{status}'"
     totals = con.execute(
-        f"SELECT count(*), count(DISTINCT {name}) FROM {table} WHERE {where}"
+        f"SELECT {images()}, count(DISTINCT {name}) FROM {table} WHERE {where}"
     ).fetchall()[0]
     detail = ", any_value(d.details) AS explanation" if details_sql else ""
-    join = f"LEFT JOIN ({details_sql}) d USING (record_id)" if details_sql else ""
+    join = f"LEFT JOIN ({details_sql}) d USING (source, taxon_key)" if details_sql else ""
     names = fetch_dicts(
         con,
         f"""
-        SELECT {name} AS name, count(*) AS records,
+        SELECT {name} AS name, {images()} AS records,
                list(DISTINCT source ORDER BY source) AS sources {detail}
         FROM {table} a {join} WHERE {where}
         GROUP BY ALL ORDER BY records DESC, name LIMIT {TOP}
@@ -270,9 +288,9 @@ def _conflicts(con: duckdb.DuckDBPyConnection, db: str) -> dict:
     if not table_exists(con, db, "taxa_conflicts"):
         return {"available": False, "rows": 0, "records": 0}
     columns = _columns(con, db, "taxa_conflicts")
-    images = "sum(records)" if "records" in columns else "count(*)"
+    touched = "sum(records)" if "records" in columns else "count(*)"
     [(rows, records)] = con.execute(
-        f"SELECT count(*), coalesce({images}, 0) FROM {db}.taxa_conflicts"
+        f"SELECT count(*), coalesce({touched}, 0) FROM {db}.taxa_conflicts"
     ).fetchall()
     out: dict = {"available": True, "rows": rows, "records": records, "columns": columns}
     source_value = next((c for c in columns if c.startswith("source") and "value" in c), None)
@@ -281,7 +299,7 @@ def _conflicts(con: duckdb.DuckDBPyConnection, db: str) -> dict:
         if key in columns:
             out[f"by_{key}"] = fetch_dicts(
                 con,
-                f"SELECT {sql_ident(key)} AS {key}, count(*) AS rows, {images} AS records "
+                f"SELECT {sql_ident(key)} AS {key}, count(*) AS rows, {touched} AS records "
                 f"FROM {db}.taxa_conflicts GROUP BY ALL ORDER BY records DESC, 1",
             )
     if "rank" in columns and source_value and authority_value:
@@ -290,7 +308,7 @@ def _conflicts(con: duckdb.DuckDBPyConnection, db: str) -> dict:
             f"""
             SELECT rank, {sql_ident(source_value)} AS source_value,
                    {sql_ident(authority_value)} AS authority_value, count(*) AS rows,
-                   {images} AS records
+                   {touched} AS records
             FROM {db}.taxa_conflicts GROUP BY ALL ORDER BY records DESC, rows DESC, 1, 2, 3
             LIMIT {TOP}
             """,
@@ -307,7 +325,7 @@ MAX_BLOCK = 1000
 SPELLING_KEYS_SQL = """
 CREATE OR REPLACE TEMP TABLE _audit_spelling_keys AS
 WITH names AS (
-    SELECT species, family, count(*) AS records
+    SELECT species, family, sum(n) AS records
     FROM {table} WHERE species IS NOT NULL GROUP BY species, family
 ),
 by_name AS (
@@ -413,7 +431,7 @@ def _kingdoms(con: duckdb.DuckDBPyConnection, table: str) -> dict:
         return {
             k: n
             for k, n in con.execute(
-                f"SELECT coalesce({column}, '(unknown)'), count(*) FROM {table} "
+                f"SELECT coalesce({column}, '(unknown)'), {images()} FROM {table} "
                 "GROUP BY ALL ORDER BY 2 DESC, 1"
             ).fetchall()
         }
@@ -424,13 +442,13 @@ def _kingdoms(con: duckdb.DuckDBPyConnection, table: str) -> dict:
         con,
         f"""
         SELECT coalesce(source_kingdom, '(unknown)') AS source_kingdom,
-               coalesce(kingdom, '(unknown)') AS kingdom, count(*) AS records
+               coalesce(kingdom, '(unknown)') AS kingdom, {images()} AS records
         FROM {table} GROUP BY ALL ORDER BY records DESC, 1, 2
         """,
     )
     by_source = {}
     for source_name, kingdom, n in con.execute(
-        f"SELECT source, coalesce(source_kingdom, '(unknown)'), count(*) FROM {table} "
+        f"SELECT source, coalesce(source_kingdom, '(unknown)'), {images()} FROM {table} "
         "GROUP BY ALL ORDER BY 1, 3 DESC, 2"
     ).fetchall():
         by_source.setdefault(source_name, {})[kingdom] = n
@@ -445,13 +463,9 @@ def _kingdoms(con: duckdb.DuckDBPyConnection, table: str) -> dict:
 
 
 def _holes(con: duckdb.DuckDBPyConnection, table: str) -> dict:
-    per_rank = ", ".join(
-        f"count(*) FILTER (WHERE {_hole_condition(i)})" for i in range(len(RANKS) - 1)
-    )
+    per_rank = ", ".join(images(_hole_condition(i)) for i in range(len(RANKS) - 1))
     any_hole = " OR ".join(_hole_condition(i) for i in range(len(RANKS) - 1))
-    row = con.execute(
-        f"SELECT count(*) FILTER (WHERE {any_hole}), {per_rank} FROM {table}"
-    ).fetchall()[0]
+    row = con.execute(f"SELECT {images(any_hole)}, {per_rank} FROM {table}").fetchall()[0]
     return {"records": row[0], "missing_rank": dict(zip(RANKS[:-1], row[1:], strict=True))}
 
 
@@ -460,7 +474,7 @@ def _long_tail(con: duckdb.DuckDBPyConnection, table: str) -> dict:
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _audit_species AS
-        SELECT species, count(*) AS images FROM {table} WHERE species IS NOT NULL GROUP BY 1
+        SELECT species, sum(n) AS images FROM {table} WHERE species IS NOT NULL GROUP BY 1
         """
     )
     row = con.execute(
@@ -503,7 +517,7 @@ def _tree(con: duckdb.DuckDBPyConnection, table: str) -> dict:
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _audit_tree AS
-        SELECT {path}, count(*) AS records FROM {table} GROUP BY ALL
+        SELECT {path}, sum(n) AS records FROM {table} GROUP BY ALL
         """
     )
     total = con.execute("SELECT count(*), coalesce(sum(records), 0) FROM _audit_tree").fetchall()[0]
@@ -525,7 +539,7 @@ def _counts(con: duckdb.DuckDBPyConnection, table: str, column: str) -> dict:
     return {
         k: n
         for k, n in con.execute(
-            f"SELECT coalesce({column}, '(none)'), count(*) FROM {table} "
+            f"SELECT coalesce({column}, '(none)'), {images()} FROM {table} "
             "GROUP BY ALL ORDER BY 2 DESC, 1"
         ).fetchall()
     }
@@ -553,8 +567,8 @@ def audit_catalog(con: duckdb.DuckDBPyConnection, *, compare: Path | None = None
     details_sql = _details_sql(con, db) if basis == "resolved" else None
     totals = con.execute(
         f"""
-        SELECT count(*), count(DISTINCT source), count(*) FILTER (WHERE status = 'not-run'),
-               count(*) FILTER (WHERE {_resolved_to_species(basis)}), count(DISTINCT species)
+        SELECT {images()}, count(DISTINCT source), {images("status = 'not-run'")},
+               {images(_resolved_to_species(basis))}, count(DISTINCT species)
         FROM {table}
         """
     ).fetchall()[0]
@@ -641,7 +655,7 @@ def coverage_table(figures: dict) -> Table:
     basis = figures["basis"]
     what = "resolved" if basis == "resolved" else "source ranks, not resolved"
     table = Table(title=f"taxonomic coverage ({what})")
-    for column in ("source", "records", "kingdom", "family", "species", "to species"):
+    for column in ("source", "images", "kingdom", "family", "species", "to species"):
         table.add_column(column, justify="left" if column == "source" else "right")
     statuses = [s for s in STATUSES if figures["status"].get(s)]
     for status in statuses:
@@ -684,10 +698,10 @@ def print_coverage_summary(figures: dict, console: Console) -> None:
     )
     console.print(
         f"unresolved names: {figures['unresolved']['names_total']:,} "
-        f"({figures['unresolved']['records']:,} records); ambiguous: "
+        f"({figures['unresolved']['records']:,} images); ambiguous: "
         f"{figures['ambiguous']['names_total']:,}; conflicts: {figures['conflicts']['rows']:,}; "
         f"suspected misspellings: {figures['misspelling_suspects']['pairs_total']:,}; "
-        f"records with lineage holes: {figures['lineage_holes']['records']:,}"
+        f"images with lineage holes: {figures['lineage_holes']['records']:,}"
     )
     if "compare" in figures:
         species = figures["compare"]["ranks"]["species"]

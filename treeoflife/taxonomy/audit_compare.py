@@ -30,16 +30,17 @@ CATALOG_CSV_COLUMNS = (
 
 def _load_other(con: duckdb.DuckDBPyConnection, other: Path, table: str) -> dict:
     """Materialise the other catalog's records in temp `table` (audited ranks; full binomial)."""
-    if other.is_dir():
-        catalog = other / "catalog.duckdb"
+    if other.is_dir() or other.suffix == ".duckdb":
+        catalog = other / "catalog.duckdb" if other.is_dir() else other
         if not catalog.exists():
             raise TolError(
-                f"--compare {other}: a folder must be a workspace (no catalog.duckdb in it); "
-                "give a workspace folder or a TreeOfLife-10M-style catalog.csv"
+                f"--compare {other}: no catalog.duckdb there; give a workspace folder, its "
+                "catalog.duckdb or a TreeOfLife-10M-style catalog.csv"
             )
         con.execute("DETACH DATABASE IF EXISTS tol_compare")
         try:
-            con.execute(f"ATTACH '{catalog}' AS tol_compare (READ_ONLY)")
+            quoted = str(catalog).replace("'", "''")
+            con.execute(f"ATTACH '{quoted}' AS tol_compare (READ_ONLY)")
         except duckdb.Error as exc:
             raise TolError(f"--compare {catalog}: cannot open it ({exc})") from exc
         try:
@@ -80,8 +81,8 @@ def _load_other(con: duckdb.DuckDBPyConnection, other: Path, table: str) -> dict
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE {table} AS
-        SELECT {ranks}, {species} AS species
-        FROM {reader}(?{options}) {split_filter}
+        SELECT {ranks}, {species} AS species, count(*) AS n
+        FROM {reader}(?{options}) {split_filter} GROUP BY ALL
         """,
         [str(other)],
     )
@@ -98,7 +99,7 @@ def _side_table(con: duckdb.DuckDBPyConnection, source: str, side: str) -> None:
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _cmp_{side} AS
-        SELECT {ranks}, count(*) AS records FROM {source} GROUP BY ALL
+        SELECT {ranks}, sum(n) AS records FROM {source} GROUP BY ALL
         """
     )
 

@@ -78,11 +78,15 @@ WITH cleaned AS (
     __CLEANED__
 ), hybrids AS (
     SELECT *,
-           coalesce(contains(n_clean, '×') OR regexp_matches(n_clean, '(^|\\s)[xX]\\s'), false)
-               AS n_hybrid,
-           coalesce(regexp_matches(n_clean, '\\S\\s+(?:×|[xX])\\s*\\p{{Lu}}'), false)
-               AS n_hybrid_formula
+           coalesce(contains(n_clean, '×') OR contains(n_clean, ' x ')
+                    OR contains(n_clean, ' X ') OR starts_with(n_clean, 'x ')
+                    OR starts_with(n_clean, 'X '), false) AS n_hybrid
     FROM cleaned
+), formulas AS (
+    SELECT *,
+           n_hybrid AND regexp_matches(n_clean, '\\S\\s+(?:×|[xX])\\s*\\p{{Lu}}')
+               AS n_hybrid_formula
+    FROM hybrids
 ), unhybrid AS (
     SELECT *,
            tol_fix_case(CASE WHEN n_hybrid THEN trim(regexp_replace(
@@ -90,7 +94,7 @@ WITH cleaned AS (
                     THEN regexp_replace(n_clean, '\\s+(?:×|[xX])\\s*\\p{{Lu}}.*$', '')
                     ELSE n_clean END,
                '(^|\\s)(?:×\\s*|[xX]\\s+)', '\\1', 'g')) ELSE n_clean END) AS n_plain
-    FROM hybrids
+    FROM formulas
 ), split AS (
     SELECT *, regexp_extract(n_plain, {sql_str(NAME_PATTERN)}, {_PARTS}) AS n_parts
     FROM unhybrid
@@ -122,16 +126,19 @@ WITH cleaned AS (
     FROM tokens
 ), described AS (
     SELECT *,
-           coalesce(nullif(regexp_extract(n_rest, '[''‘’"]([^''‘’"]+)[''‘’"]', 1), ''),
-                    nullif(regexp_extract(n_rest, 'cv\\.\\s*(\\S+)', 1), '')) AS n_cultivar,
-           n_genus IS NOT NULL AND n_epithet IS NULL
-               AND coalesce(regexp_matches(n_rest, '^\\S*\\d'), false) AS n_interim
+           CASE WHEN n_rest IS NOT NULL AND (contains(n_rest, chr(39)) OR contains(n_rest, '"')
+                     OR contains(n_rest, '‘') OR contains(n_rest, '’') OR contains(n_rest, 'cv.'))
+                THEN coalesce(
+                    nullif(regexp_extract(n_rest, '[''‘’"]([^''‘’"]+)[''‘’"]', 1), ''),
+                    nullif(regexp_extract(n_rest, 'cv\\.\\s*(\\S+)', 1), '')) END AS n_cultivar,
+           CASE WHEN n_genus IS NOT NULL AND n_epithet IS NULL AND n_rest IS NOT NULL
+                THEN regexp_matches(n_rest, '^\\S*\\d') ELSE false END AS n_interim
     FROM parsed
 )
 SELECT * EXCLUDE (n_rest),
-       nullif(trim(regexp_replace(coalesce(n_rest, ''),
-                                  '[''‘’"][^''‘’"]+[''‘’"]|cv\\.\\s*\\S+', '', 'g')), '')
-           AS n_authorship,
+       CASE WHEN n_cultivar IS NULL THEN n_rest
+            ELSE nullif(trim(regexp_replace(n_rest, '[''‘’"][^''‘’"]+[''‘’"]|cv\\.\\s*\\S+',
+                                            '', 'g')), '') END AS n_authorship,
        CASE WHEN n_epithet IS NOT NULL AND n_qualifier IS NULL AND NOT n_hybrid_formula
             THEN 'species'
             WHEN n_genus IS NOT NULL THEN 'uninomial' END AS n_kind,

@@ -21,7 +21,7 @@ from treeoflife.sources.loading import sql_str
 from treeoflife.taxonomy.authority import ensure_authority_tables
 from treeoflife.taxonomy.kingdoms import load_kingdom_names
 from treeoflife.taxonomy.names import clean_values_sql, install_name_macros, parse_sql
-from treeoflife.workspace import RANKS
+from treeoflife.workspace import RANKS, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,16 @@ class ResolveOptions:
     authority_order: authorities to try, first wins (default gbif, col, inat);
     prefer: per-source override, e.g. `prefer = {inat21 = ["inat", "gbif"]}` (only those);
     fuzzy_max_distance: edit distance allowed for a misspelt word (0 turns fuzzy off);
-    vernacular_language: ISO 639-1 code of the common names to take from authorities.
+    vernacular_language: ISO 639-1 code of the common names to take from authorities;
+    per_record: "table" (default: `taxa_resolved` is written, 10M rows) or "view" (it is a
+    view joining `record_images` to `taxa_source_resolved`, like the `records` view).
     """
 
     authority_order: tuple[str, ...] = DEFAULT_AUTHORITY_ORDER
     prefer: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     fuzzy_max_distance: int = 2
     vernacular_language: str = "en"
+    per_record: str = "table"
 
     @classmethod
     def from_stage(cls, stage: Mapping | None) -> ResolveOptions:
@@ -80,7 +83,10 @@ class ResolveOptions:
         language = stage.get("vernacular_language", "en")
         if not isinstance(language, str) or len(language) != 2:
             raise TolError(f"{where}: vernacular_language must be an ISO 639-1 code like 'en'")
-        return cls(order, prefer, distance, language.lower())
+        per_record = stage.get("per_record", "table")
+        if per_record not in ("table", "view"):
+            raise TolError(f"{where}: per_record must be 'table' or 'view', got {per_record!r}")
+        return cls(order, prefer, distance, language.lower(), per_record)
 
     def order_for(self, source: str, loaded: list[str]) -> list[str]:
         """The authorities tried for `source`, best first, among those loaded."""
@@ -202,11 +208,15 @@ _FILLED = ", ".join(
     "THEN n_genus END) AS s_" + r
     for r in HIGHER[1:]
 )
+# `source_taxa` normally has one row per (source, taxon_key); if not, the first by name wins.
+_DEDUPED_SOURCE_TAXA = """(
+    SELECT DISTINCT ON (source, taxon_key) * FROM source_taxa
+    ORDER BY source, taxon_key, scientific_name NULLS LAST, source_taxon_id
+)"""
 _QUERY_SQL = f"""
 CREATE OR REPLACE TEMP TABLE _taxa_query AS
 WITH distinct_taxa AS (
-    SELECT DISTINCT ON (source, taxon_key) * FROM source_taxa
-    ORDER BY source, taxon_key, scientific_name NULLS LAST, source_taxon_id
+    SELECT * FROM {{source_taxa}}
 ), src AS (
     SELECT source, taxon_key, clean_name, source_common, lower(source_rank) AS source_rank,
            {", ".join(f"raw_{r}" for r in HIGHER)}, raw_species
@@ -329,11 +339,21 @@ def _bits(op: str) -> str:
     )
 
 
+# Most taxa have one candidate: only those with several go through the window functions.
 _SCORED_SQL = f"""
 CREATE OR REPLACE TEMP TABLE _scored AS
-WITH best AS (
-    SELECT * FROM _cand
-    QUALIFY dense_rank() OVER (PARTITION BY source, taxon_key ORDER BY level, pref) = 1
+WITH several AS (
+    SELECT source, taxon_key FROM _cand GROUP BY source, taxon_key HAVING count(*) > 1
+), best AS (
+    SELECT c.*, false AS several FROM _cand c
+    WHERE NOT EXISTS (SELECT 1 FROM several m
+                      WHERE m.source = c.source AND m.taxon_key = c.taxon_key)
+    UNION ALL
+    (SELECT c.*, true FROM _cand c
+     WHERE EXISTS (SELECT 1 FROM several m
+                   WHERE m.source = c.source AND m.taxon_key = c.taxon_key)
+     QUALIFY dense_rank() OVER (PARTITION BY c.source, c.taxon_key
+                                ORDER BY c.level, c.pref) = 1)
 ), marked AS (
     SELECT b.*, ({_bits("=")}) AS agree, ({_bits("<>")}) AS disagree,
            CASE b.status WHEN 'accepted' THEN 0 WHEN 'doubtful' THEN 1 ELSE 2 END AS prio,
@@ -341,11 +361,14 @@ WITH best AS (
                AS lineage
     FROM best b JOIN _taxa_query q ON q.source = b.source AND q.taxon_key = b.taxon_key
 )
-SELECT *, bit_count(agree) - bit_count(disagree) AS score,
+SELECT * EXCLUDE (several), bit_count(agree) - bit_count(disagree) AS score, 1::BIGINT AS rn
+FROM marked WHERE NOT several
+UNION ALL
+SELECT * EXCLUDE (several), bit_count(agree) - bit_count(disagree) AS score,
        row_number() OVER (PARTITION BY source, taxon_key
                           ORDER BY bit_count(agree) - bit_count(disagree) DESC, prio, distance,
                                    target_id, taxon_id) AS rn
-FROM marked
+FROM marked WHERE several
 """
 
 _CANDIDATE_STRUCT = (
@@ -362,7 +385,7 @@ rivals AS (
            arg_min(s.agree, s.rn) AS rival_agree, arg_min(s.disagree, s.rn) AS rival_disagree,
            list({_CANDIDATE_STRUCT.format(a="s")} ORDER BY s.rn) AS rival_list
     FROM _scored s JOIN winner w ON w.source = s.source AND w.taxon_key = s.taxon_key
-    WHERE s.lineage <> w.lineage
+    WHERE s.rn > 1 AND s.lineage <> w.lineage
     GROUP BY s.source, s.taxon_key
 ), joined AS (
     SELECT w.*, coalesce(r.rivals, 0) AS rivals, r.rival_score,
@@ -481,7 +504,12 @@ SELECT source, taxon_key, query_name, {_ALL_RANKS},
        resolution AS status,
        list_filter([{", ".join(_FLAGS)}], lambda f: f IS NOT NULL) AS flags,
        conflict_bits,
-       json_object(
+       -- A plain exact match is explained by its columns; JSON for 450K rows costs seconds.
+       CASE WHEN matched AND level = 0 AND distance = 0 AND status <> 'synonym' AND rivals = 0
+                 AND NOT tied AND NOT contradicts AND conflict_bits = 0 AND NOT n_hybrid
+                 AND n_qualifier IS NULL AND n_infra_epithet IS NULL AND n_cultivar IS NULL
+                 AND NOT n_interim THEN NULL
+       ELSE json_object(
            'query', query_name,
            'parsed', json_object('genus', n_genus, 'subgenus', n_subgenus, 'epithet', n_epithet,
                                  'qualifier', n_qualifier, 'infraspecific_rank', n_infra_rank,
@@ -495,54 +523,76 @@ SELECT source, taxon_key, query_name, {_ALL_RANKS},
                'level', level, 'edit_distance', distance) END,
            'candidates', to_json(candidates),
            'source_ranks', json_object({", ".join(f"'{r}', s_{r}" for r in RANKS)})
-       ) AS details
+       ) END AS details
 FROM flagged
 """
 
 _CONFLICT_VALUES = ", ".join(
-    f"('{rank}', q.s_{rank}, r.{_q(rank)}, {1 << (6 - i)})" for i, rank in enumerate(RANKS)
+    f"('{rank}', c.s_{rank}, c.{_q(rank)}, {1 << (6 - i)})" for i, rank in enumerate(RANKS)
 )
+# Record counts only for the (few) conflicting taxa: a semi-join, not a 10M-row group-by.
 _CONFLICTS_SQL = f"""
 CREATE OR REPLACE TABLE taxa_conflicts AS
-WITH counts AS (
-    SELECT source, taxon_key, count(*) AS records FROM record_images GROUP BY ALL
+WITH conflicting AS (
+    SELECT r.source, r.taxon_key, r.method, r.authority, r.authority_taxon_id, r.conflict_bits,
+           {", ".join(f"r.{_q(rank)}" for rank in RANKS)},
+           {", ".join(f"q.s_{rank}" for rank in RANKS)}
+    FROM taxa_source_resolved r
+    JOIN _taxa_query q ON q.source = r.source AND q.taxon_key = r.taxon_key
+    WHERE r.conflict_bits > 0
+), counts AS (
+    SELECT i.source, i.taxon_key, count(*) AS records
+    FROM record_images i
+    WHERE EXISTS (SELECT 1 FROM conflicting c
+                  WHERE c.source = i.source AND c.taxon_key = i.taxon_key)
+    GROUP BY i.source, i.taxon_key
 )
-SELECT r.source, r.taxon_key, coalesce(n.records, 0) AS records, x.rank, x.source_value,
-       x.authority_value, r.authority, r.authority_taxon_id,
+SELECT c.source, c.taxon_key, coalesce(n.records, 0) AS records, x.rank, x.source_value,
+       x.authority_value, c.authority, c.authority_taxon_id,
        CASE WHEN x.rank NOT IN ('genus', 'species') THEN 'classification'
-            WHEN r.method = 'synonym' THEN 'synonym'
-            WHEN r.method = 'fuzzy' THEN 'spelling'
+            WHEN c.method = 'synonym' THEN 'synonym'
+            WHEN c.method = 'fuzzy' THEN 'spelling'
             ELSE 'classification' END AS kind
-FROM taxa_source_resolved r
-JOIN _taxa_query q ON q.source = r.source AND q.taxon_key = r.taxon_key
-LEFT JOIN counts n ON n.source = r.source AND n.taxon_key = r.taxon_key
+FROM conflicting c
+LEFT JOIN counts n ON n.source = c.source AND n.taxon_key = c.taxon_key
 CROSS JOIN LATERAL (
-    SELECT * FROM (VALUES {_CONFLICT_VALUES})
-        v(rank, source_value, authority_value, bit)
+    SELECT * FROM (VALUES {_CONFLICT_VALUES}) v(rank, source_value, authority_value, bit)
 ) x
-WHERE r.conflict_bits & x.bit > 0
-ORDER BY r.source, r.taxon_key, list_position({list(RANKS)!r}, x.rank)
+WHERE c.conflict_bits & x.bit > 0
+ORDER BY c.source, c.taxon_key, list_position({list(RANKS)!r}, x.rank)
 """
 
-_FAN_OUT_SQL = f"""
-INSERT INTO taxa_resolved (record_id, {", ".join(_q(r) for r in RANKS)}, common, method,
-                           authority, authority_taxon_id, status, source, taxon_key, flags)
+_FAN_OUT_COLUMNS = (
+    f"record_id, {', '.join(_q(r) for r in RANKS)}, common, method, authority, "
+    "authority_taxon_id, status, source, taxon_key, flags"
+)
+_FAN_OUT_SELECT = f"""
 SELECT i.record_id, {", ".join(f"t.{_q(r)}" for r in RANKS)},
-       coalesce(t.common, 'unknown'), coalesce(t.method, 'none'), t.authority,
-       t.authority_taxon_id, coalesce(t.status, 'unresolved'), i.source, i.taxon_key,
-       coalesce(t.flags, ['no-source-taxon'])
+       coalesce(t.common, 'unknown') AS common, coalesce(t.method, 'none') AS method,
+       t.authority, t.authority_taxon_id, coalesce(t.status, 'unresolved') AS status,
+       i.source, i.taxon_key, coalesce(t.flags, ['no-source-taxon']) AS flags
 FROM record_images i
 LEFT JOIN taxa_source_resolved t ON t.source = i.source AND t.taxon_key = i.taxon_key
 """
+# The core table's columns (workspace.py) plus this stage's; others' added columns are kept.
+_CORE_SPEC = (
+    ("record_id", "VARCHAR NOT NULL"), *((r, "VARCHAR") for r in RANKS), ("common", "VARCHAR"),
+    ("method", "VARCHAR"), ("authority", "VARCHAR"), ("authority_taxon_id", "VARCHAR"),
+    ("status", "VARCHAR"), *_CORE_EXTRA_COLUMNS,
+)  # fmt: skip
 
 
 # the stage ----------------------------------------------------------------------------------
 StepCallback = Callable[[str, int, int], None]
 
 
-def _ensure_core_columns(con: duckdb.DuckDBPyConnection) -> None:
-    for name, kind in _CORE_EXTRA_COLUMNS:
-        con.execute(f"ALTER TABLE taxa_resolved ADD COLUMN IF NOT EXISTS {name} {kind}")
+def _core_kind(con: duckdb.DuckDBPyConnection) -> str | None:
+    """'BASE TABLE' or 'VIEW': what `taxa_resolved` is now (None if missing)."""
+    rows = con.execute(
+        "SELECT table_type FROM information_schema.tables WHERE table_name = 'taxa_resolved' "
+        "AND table_schema = 'main' AND table_catalog = current_database()"
+    ).fetchall()
+    return rows[0][0] if rows else None
 
 
 def _loaded_authorities(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -590,6 +640,57 @@ def build_name_index(con: duckdb.DuckDBPyConnection, *, force: bool = False) -> 
     return True
 
 
+class _StepClock:
+    """Times the named steps in order and reports each start to `on_step`."""
+
+    def __init__(self, on_step: StepCallback | None) -> None:
+        self.on_step = on_step
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self._current: str | None = None
+        self._since = self.started
+
+    def __call__(self, name: str) -> None:
+        self.stop()
+        self._current, self._since = name, time.perf_counter()
+        if self.on_step:
+            self.on_step(name, STEPS.index(name), len(STEPS))
+
+    def stop(self) -> float:
+        now = time.perf_counter()
+        if self._current is not None:
+            self.seconds[self._current] = round(now - self._since, 3)
+            self._current = None
+        return now - self.started
+
+
+def _write_core_table(con: duckdb.DuckDBPyConnection, per_record: str) -> None:
+    """Replace `taxa_resolved`: a table recreated and filled by one join (a DROP is instant
+    where a DELETE of 10M rows is not), or, with per_record = "view", a view of that join."""
+    kind = _core_kind(con)
+    known = {name for name, _ in _CORE_SPEC}
+    extra = []
+    if kind == "BASE TABLE":
+        extra = [
+            (name, data_type)
+            for name, data_type in con.execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_name = 'taxa_resolved' AND table_schema = 'main' "
+                "AND table_catalog = current_database() ORDER BY ordinal_position"
+            ).fetchall()
+            if name not in known
+        ]
+        con.execute("DROP TABLE taxa_resolved")
+    elif kind == "VIEW":
+        con.execute("DROP VIEW taxa_resolved")
+    if per_record == "view":
+        con.execute(f"CREATE VIEW taxa_resolved AS {_FAN_OUT_SELECT}")
+        return
+    spec = ", ".join(f'"{name}" {data_type}' for name, data_type in (*_CORE_SPEC, *extra))
+    con.execute(f"CREATE TABLE taxa_resolved ({spec})")
+    con.execute(f"INSERT INTO taxa_resolved ({_FAN_OUT_COLUMNS}) {_FAN_OUT_SELECT}")
+
+
 def resolve_taxa(
     con: duckdb.DuckDBPyConnection,
     options: ResolveOptions | None = None,
@@ -599,24 +700,14 @@ def resolve_taxa(
     and `taxa_conflicts` from the loaded authorities, replacing earlier results in one
     transaction. `on_step(name, index, total)` is called before each step."""
     options = options or ResolveOptions()
-    started = time.perf_counter()
-    steps: dict[str, float] = {}
-    clock = [started]
-
-    def step(name: str) -> None:
-        now = time.perf_counter()
-        if steps or name != STEPS[0]:
-            steps[_current[0]] = round(now - clock[0], 3)
-        clock[0] = now
-        _current[0] = name
-        if on_step:
-            on_step(name, STEPS.index(name), len(STEPS))
-
-    _current = [STEPS[0]]
+    step = _StepClock(on_step)
     step("prepare")
     install_name_macros(con)
     ensure_authority_tables(con)
-    _ensure_core_columns(con)
+    # Dictionary compression without the per-segment analysis: writing 10M rows of a dozen
+    # string columns is the costliest step, and this makes it ~1.5x faster.
+    compression = con.execute("SELECT current_setting('force_compression')").fetchall()[0][0]
+    con.execute("SET force_compression = 'dictionary'")
     con.begin()
     try:
         load_kingdom_names(con)
@@ -628,7 +719,11 @@ def resolve_taxa(
         step("authority index")
         build_name_index(con)
         step("normalise")
-        con.execute(_QUERY_SQL)
+        (duplicated,) = con.execute(
+            "SELECT count(*) - count(DISTINCT (source, taxon_key)) FROM source_taxa"
+        ).fetchall()[0]
+        source_taxa = _DEDUPED_SOURCE_TAXA if duplicated else "source_taxa"
+        con.execute(_QUERY_SQL.replace("{source_taxa}", source_taxa))
         step("exact + synonym")
         con.execute(_EXACT_SQL)
         step("fuzzy")
@@ -645,19 +740,29 @@ def resolve_taxa(
         step("conflicts")
         con.execute(_CONFLICTS_SQL)
         step("fan out")
-        con.execute("DELETE FROM taxa_resolved")
-        con.execute(_FAN_OUT_SQL)
+        _write_core_table(con, options.per_record)
         for table in ("_taxa_query", "_cand", "_scored", "_choice", "_vernacular", "_prefs"):
             con.execute(f"DROP TABLE IF EXISTS {table}")
         con.commit()
     except BaseException:
         con.rollback()
         raise
-    step_end = time.perf_counter()
-    steps[_current[0]] = round(step_end - clock[0], 3)
-    stats = resolve_stats(con, used, seconds=step_end - started, steps=steps)
+    finally:
+        con.execute(f"SET force_compression = {sql_str(compression or 'auto')}")
+    seconds = step.stop()
+    stats = resolve_stats(con, used, seconds=seconds, steps=step.seconds)
     log.info("resolved taxa: %s", stats.summary())
     return stats
+
+
+def resolve_workspace(
+    workspace: Workspace, stage_options: Mapping | None = None, on_step: StepCallback | None = None
+) -> ResolveStats:
+    """`resolve_taxa` on a workspace, with a pipeline's `[stages.taxa]` table as options
+    (what `tol demo` and `tol run` call)."""
+    options = ResolveOptions.from_stage(stage_options)
+    with workspace.connect() as con:
+        return resolve_taxa(con, options, on_step)
 
 
 def resolve_stats(

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -23,9 +23,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 import braceexpand
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchvision.transforms import Compose, Normalize, ToTensor
 from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 URL_SCHEMES = ("http", "https", "hf")
 HF_PREFIXES = {"datasets": "dataset", "spaces": "space", "models": "model"}
-TOKEN_CACHE_SIZE = 200_000
+TOKEN_CACHE_SIZE = 50_000  # captions per worker (~30 MB of int64 tokens)
 # Shards opened in a row with no usable sample before the stream gives up.
 MAX_BARREN_SHARDS = 50
 
@@ -163,6 +165,39 @@ def choose_text_types(
 
 
 # ---------------------------------------------------------------------------------------
+# Images as uint8 from the workers, normalised on the device
+@dataclass(frozen=True)
+class PixelNormalizer:
+    """The `ToTensor` + `Normalize` tail of an open_clip transform, applied to uint8 batches
+    on the training device: 4x less worker-to-main and host-to-GPU traffic than float."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1, 1, 1)
+        mean = torch.tensor(self.mean, device=images.device).view(shape)
+        std = torch.tensor(self.std, device=images.device).view(shape)
+        return images.float().div_(255).sub_(mean).div_(std)
+
+
+def split_transform(transform: Callable) -> tuple[Callable, PixelNormalizer] | None:
+    """(PIL-only head, normaliser) of a `Compose(..., ToTensor, Normalize)`, else None."""
+    steps = list(getattr(transform, "transforms", []))
+    if len(steps) < 2 or type(steps[-1]) is not Normalize:
+        return None
+    if not isinstance(steps[-2], ToTensor):
+        return None
+    normalize = steps[-1]
+    return Compose(steps[:-2]), PixelNormalizer(tuple(normalize.mean), tuple(normalize.std))
+
+
+def to_uint8(image: Image.Image) -> torch.Tensor:
+    """HWC PIL image → CHW uint8 tensor (what ToTensor sees, before its /255)."""
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+# ---------------------------------------------------------------------------------------
 # The stream
 @dataclass(frozen=True)
 class StreamSpec:
@@ -179,11 +214,12 @@ class StreamSpec:
     seed: int
     rank: int = 0
     world_size: int = 1
+    uint8_images: bool = False  # workers send uint8; the loop normalises on the device
 
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # [B, 3, H, W]
+    images: torch.Tensor  # [B, 3, H, W] float (normalised) or uint8 (spec.uint8_images)
     texts: torch.Tensor  # [B, context] token ids
     text_type_ids: torch.Tensor  # [B] index into StreamSpec.text_types
     step: int  # global 1-based optimizer step this batch is for
@@ -214,12 +250,13 @@ class _Errors:
 
 
 class ShardStream(IterableDataset):
-    """One rank's batches for steps [start_step, steps_per_epoch) of `epoch`.
+    """One rank's batches for (0-based) steps [start_step, stop_step), across epochs.
 
-    DataLoader hands batches out round-robin over its workers, so worker `w` makes
-    in-epoch steps start+w, start+w+W, ... . It plays the stream of the "virtual worker"
-    (start+w) mod W that made those steps in an uninterrupted run, skipping (without
-    decoding) the samples that went into earlier steps when `replay` is set.
+    DataLoader hands batches out round-robin over its workers, so worker `w` makes steps
+    start+w, start+w+W, ... : those the "virtual worker" v = (start+w) mod W makes in an
+    uninterrupted run. Each (epoch, v) has its own seeded shard order and shuffle buffer;
+    on resume (`replay`) v skips, without decoding, the samples its earlier steps of the
+    current epoch used. Workers live for the whole run (no respawn at epoch boundaries).
     """
 
     def __init__(
@@ -227,33 +264,44 @@ class ShardStream(IterableDataset):
         spec: StreamSpec,
         transform: Callable[[Image.Image], torch.Tensor],
         tokenizer: Callable[[list[str]], torch.Tensor],
-        epoch: int,
         start_step: int = 0,
+        stop_step: int | None = None,
         replay: bool = True,
     ) -> None:
         super().__init__()
         self.spec = spec
         self.transform = transform
         self.tokenizer = tokenizer
-        self.epoch = epoch
         self.start_step = start_step
+        self.stop_step = start_step + spec.steps_per_epoch if stop_step is None else stop_step
         self.replay = replay
         self._fields = {f"{t.lower()}.txt" for t in spec.text_types}
         self._tokens: dict[str, torch.Tensor] = {}
+        self._head: Callable | None = None  # the PIL part of `transform` in uint8 mode
+        if spec.uint8_images:
+            split = split_transform(transform)
+            if split is None:
+                raise TolError(
+                    f"cannot send uint8 images: transform {transform} does not end "
+                    "in ToTensor + Normalize"
+                )
+            self._head = split[0]
 
     # -- shard order ------------------------------------------------------------------
-    def _stream_seed(self, virtual: int) -> tuple:
-        base = (self.spec.seed, self.epoch, self.spec.rank, virtual)
-        return base if self.replay else (*base, "resumed-at", self.start_step)
+    def _stream_seed(self, epoch: int, virtual: int) -> tuple:
+        base = (self.spec.seed, epoch, self.spec.rank, virtual)
+        if self.replay or epoch != self.start_step // self.spec.steps_per_epoch:
+            return base
+        return (*base, "resumed-at", self.start_step)
 
-    def _shard_order(self, virtual: int, workers: int) -> Iterator[str]:
+    def _shard_order(self, epoch: int, virtual: int, workers: int) -> Iterator[str]:
         spec = self.spec
         if spec.resample:
-            rng = random.Random(mix_seed(*self._stream_seed(virtual), "shards"))
+            rng = random.Random(mix_seed(*self._stream_seed(epoch, virtual), "shards"))
             while True:
                 yield spec.urls[rng.randrange(len(spec.urls))]
         order = list(spec.urls)
-        random.Random(mix_seed(spec.seed, self.epoch, "shards")).shuffle(order)
+        random.Random(mix_seed(spec.seed, epoch, "shards")).shuffle(order)
         mine = order[spec.rank :: spec.world_size][virtual::workers]
         if not mine:
             raise TolError(
@@ -261,7 +309,8 @@ class ShardStream(IterableDataset):
                 "workers without resampling: use --resample, fewer workers, or more shards"
             )
         for rounds in count():
-            random.Random(mix_seed(*self._stream_seed(virtual), "pass", rounds)).shuffle(mine)
+            seed = mix_seed(*self._stream_seed(epoch, virtual), "pass", rounds)
+            random.Random(seed).shuffle(mine)
             yield from mine
 
     def _open(self, urls: Iterator[str], errors: _Errors, seen: list[int]) -> Iterator[dict]:
@@ -301,7 +350,9 @@ class ShardStream(IterableDataset):
                     f"{', '.join(sorted(self._fields))}); last: {url}"
                 )
 
-    def _samples(self, virtual: int, workers: int, errors: _Errors) -> Iterator[dict]:
+    def _samples(
+        self, epoch: int, virtual: int, workers: int, errors: _Errors
+    ) -> Generator[dict, None, None]:
         """Complete raw samples (bytes, not decoded), shuffled, for one virtual worker."""
         wanted = self._fields | set(IMAGE_KEYS)
 
@@ -310,7 +361,7 @@ class ShardStream(IterableDataset):
             return "." in base and base.split(".", 1)[1].lower() in wanted
 
         seen = [0]
-        opened = self._open(self._shard_order(virtual, workers), errors, seen)
+        opened = self._open(self._shard_order(epoch, virtual, workers), errors, seen)
         files = tar_file_expander(opened, handler=errors, select_files=select)
         grouped = group_by_keys(files, handler=errors)
 
@@ -320,7 +371,7 @@ class ShardStream(IterableDataset):
                     seen[0] += 1
                     yield sample
 
-        rng = random.Random(mix_seed(*self._stream_seed(virtual), "samples"))
+        rng = random.Random(mix_seed(*self._stream_seed(epoch, virtual), "samples"))
         if self.spec.shuffle_buffer <= 1:
             return complete()
         return _shuffle(complete(), self.spec.shuffle_buffer, self.spec.shuffle_initial, rng=rng)
@@ -330,11 +381,17 @@ class ShardStream(IterableDataset):
         key = next(k for k in IMAGE_KEYS if k in sample)
         with Image.open(io.BytesIO(sample[key])) as image:
             rgb = image.convert("RGB")
-        # Augmentation draws from torch's RNG: seed it per sample so a replayed stream
-        # crops exactly as the original did, whatever ran before in this process.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
-            return self.transform(rgb)
+        # Augmentation draws from torch's CPU RNG: seed it per sample so a replayed stream
+        # crops exactly as the original did, whatever ran before in this process; then put
+        # the generator back. (torch.manual_seed would also queue CUDA seeding, with a
+        # stack trace per call: 10% of the loader's time.)
+        generator = torch.default_generator
+        saved = generator.get_state()
+        generator.manual_seed(sample_seed)
+        try:
+            return self.transform(rgb) if self._head is None else to_uint8(self._head(rgb))
+        finally:
+            generator.set_state(saved)
 
     def _tokenize(self, texts: list[str]) -> torch.Tensor:
         missing = sorted({t for t in texts if t not in self._tokens})
@@ -349,17 +406,25 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         spec = self.spec
+        per_epoch = spec.steps_per_epoch
         virtual = (self.start_step + worker) % workers
-        skip = len(range(virtual, self.start_step, workers)) if self.replay else 0
         errors = _Errors()
-        samples = iter(self._samples(virtual, workers, errors))
-        index = 0  # position in this virtual worker's sample stream
-        for _ in range(skip * spec.batch_size):  # replay: drop what earlier steps used
-            next(samples)
-            index += 1
         member_of = [f"{t.lower()}.txt" for t in spec.text_types]
-        for step_in_epoch in range(self.start_step + worker, spec.steps_per_epoch, workers):
-            step = self.epoch * spec.steps_per_epoch + step_in_epoch + 1
+        epoch, index = -1, 0
+        samples: Generator[dict, None, None] | None = None
+        for step0 in range(self.start_step + worker, self.stop_step, workers):
+            if step0 // per_epoch != epoch:  # a new epoch: its own shard order and buffer
+                if samples is not None:
+                    samples.close()
+                epoch = step0 // per_epoch
+                samples = self._samples(epoch, virtual, workers, errors)
+                index = 0  # position in this (epoch, virtual worker) sample stream
+                if self.replay:  # drop what this worker's earlier steps of the epoch used
+                    done = len(range(epoch * per_epoch + virtual, step0, workers))
+                    for _ in range(done * spec.batch_size):
+                        next(samples)
+                        index += 1
+            step = step0 + 1
             type_ids = choose_text_types(
                 spec.seed, step, spec.rank, spec.batch_size, len(spec.text_types),
                 spec.text_sampling,
@@ -368,16 +433,13 @@ class ShardStream(IterableDataset):
             while len(images) < spec.batch_size:
                 sample = next(samples)
                 index += 1
-                seed = mix_seed(*self._stream_seed(virtual), "sample", index)
+                seed = mix_seed(*self._stream_seed(epoch, virtual), "sample", index)
                 try:
                     image = self._image(sample, seed)
                     text = sample[member_of[type_ids[len(images)]]].decode("utf-8").strip()
                 except Exception as exc:  # noqa: BLE001 - a bad sample is logged and skipped
-                    errors(
-                        ValueError(
-                            f"sample {sample.get('__key__')} in {sample.get('__url__')}: {exc}"
-                        )
-                    )
+                    where = f"sample {sample.get('__key__')} in {sample.get('__url__')}"
+                    errors(ValueError(f"{where}: {exc}"))
                     continue
                 images.append(image)
                 texts.append(text)
@@ -410,15 +472,15 @@ def batches(
     transform: Callable[[Image.Image], torch.Tensor],
     tokenizer: Callable[[list[str]], torch.Tensor],
     *,
-    epoch: int,
     start_step: int = 0,
+    stop_step: int | None = None,
     workers: int = 0,
     replay: bool = True,
     pin_memory: bool = False,
 ) -> Iterator[Batch]:
-    """One rank's batches for the rest of `epoch`, from `workers` loader processes
-    (0: in this process, leaving its RNG untouched)."""
-    stream = ShardStream(spec, transform, tokenizer, epoch, start_step, replay)
+    """One rank's batches for 0-based steps [start_step, stop_step) (default: one epoch),
+    from `workers` loader processes (0: in this process, leaving its RNG untouched)."""
+    stream = ShardStream(spec, transform, tokenizer, start_step, stop_step, replay)
     if workers == 0:
         return iter(stream)
     loader = DataLoader(
@@ -427,6 +489,5 @@ def batches(
         num_workers=workers,
         pin_memory=pin_memory,
         worker_init_fn=_quiet_worker,
-        prefetch_factor=4,
     )
     return iter(loader)

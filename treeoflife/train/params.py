@@ -78,6 +78,9 @@ class TrainParams:
     compile: bool = False  # torch.compile the model
     compile_backend: str = "inductor"
     device: str = "auto"  # auto: cuda:LOCAL_RANK when available, else cpu
+    threads: int = 0  # torch CPU threads per process (0: torch's default)
+    # Workers send uint8 pixels, normalised on the device (None: on GPU only).
+    uint8_transfer: bool | None = None
     # run bookkeeping
     output_dir: Path = Path("runs/train")
     save_every: int = 1000  # steps between periodic checkpoints (0: only the final one)
@@ -135,7 +138,7 @@ class TrainParams:
         for name, value in positive.items():
             if value < 1:
                 raise TolError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        for name in ("workers", "warmup_steps", "save_every", "keep_checkpoints"):
+        for name in ("workers", "warmup_steps", "save_every", "keep_checkpoints", "threads"):
             if getattr(self, name) < 0:
                 raise TolError(f"--{name.replace('_', '-')} must be >= 0")
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr and self.weight_decay >= 0):
