@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 
 import pytest
 from conftest import fast_client, pull_all
@@ -155,23 +154,6 @@ def test_cli_pull_all_and_status(tmp_path, sample_server):
     assert set(pulled["sources"]) == {"inat21", "inat-open-data", "bioscan-1m", "bioscan-5m", "eol"}
     bad = runner.invoke(app, ["pull", "nope", "--pipeline", "sample", "-w", str(ws)])
     assert bad.exit_code == 1 and "unknown source 'nope'" in bad.output
-
-
-@pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path):
-    runner = CliRunner()
-    ws = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "-w", str(ws)])
-    assert result.exit_code == 0, result.output
-    assert "injected faults survived" in result.output
-    assert (ws / "catalog.duckdb").exists()
-    again = runner.invoke(app, ["demo", "-w", str(ws)])  # recreates its own workspace
-    assert again.exit_code == 0, again.output
-    other = tmp_path / "mine"
-    other.mkdir()
-    refused = runner.invoke(app, ["demo", "-w", str(other)])
-    assert refused.exit_code == 1 and "not a demo workspace" in refused.output
-    shutil.rmtree(ws)
 
 
 def test_inat_open_data_from_the_dated_snapshot_tarball(

@@ -265,6 +265,7 @@ class _Httpd(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "treeoflife-loopback"
+    disable_nagle_algorithm = True  # else each small response waits out a 40 ms delayed ACK
     timeout = 30  # idle keep-alive connections end instead of pinning a thread
     server: _Httpd
     _in_flight = False

@@ -98,7 +98,7 @@ STAGE_TABLES = (
     ("pull", "records"),
     ("taxa", "taxa_resolved"),
     ("images", "images"),
-    ("dedup", "duplicates"),
+    ("dedup", "dedup_runs"),
     ("shard", "release"),
 )
 
@@ -171,7 +171,8 @@ class Workspace:
 def migrate(con: duckdb.DuckDBPyConnection) -> None:
     """Bring the schema to SCHEMA_VERSION; refuse a catalog written by a newer treeoflife."""
     con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
-    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    rows = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+    row = rows[0] if rows else None
     found = int(row[0]) if row else 0
     if found > SCHEMA_VERSION:
         raise TolError(
@@ -188,8 +189,13 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
 def status(con: duckdb.DuckDBPyConnection) -> dict:
     """Per-stage completion and row counts, as `tol status --json` prints them."""
     stages: dict[str, dict] = {}
+    present = {
+        name
+        for (name,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+    }
     for stage, table in STAGE_TABLES:
-        rows = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        # A stage's own tables appear when it first runs; before that it is simply not done.
+        rows = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] if table in present else 0
         stages[stage] = {"complete": rows > 0, "rows": rows}
     pulls = con.execute(
         "SELECT source, version, records, quarantined, finished_at FROM pulls ORDER BY source"
