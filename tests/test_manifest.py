@@ -4,7 +4,6 @@ from treeoflife.errors import TolError
 from treeoflife.manifest import find_manifest, load_manifest, load_pipeline, repo_dir
 from treeoflife.sources import LOADERS
 
-
 SOURCE_MANIFESTS = sorted(
     p for p in repo_dir("manifests").rglob("*.toml") if "benchmarks" not in p.parts
 )

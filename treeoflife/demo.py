@@ -31,6 +31,7 @@ class DemoResult:
     eval_top1: dict[str, float] = field(default_factory=dict)
     prediction: object | None = None
 
+
 DEMO_MARKER = ".tol-demo"
 DEMO_REPO_ID = "treeoflife/demo-sample"  # only ever planned (dry run), never uploaded
 DEMO_TRAIN_STEPS = 300
