@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench-ingest clean
+.PHONY: demo test lint bench bench-ingest bench-taxonomy bench-phash bench-images bench-dedup bench-release bench-train clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,13 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-bench-ingest: $(STAMP)
-	$(BIN)/python benchmarks/ingest.py
+# Benchmarks print a table with ratios against their named baseline (see benchmarks/README.md).
+BENCHES := ingest taxonomy phash images dedup release train
+
+bench: $(addprefix bench-,$(BENCHES))
+
+bench-%: $(STAMP)
+	$(BIN)/python benchmarks/$*.py
 
 clean:
 	rm -rf $(VENV) tol-demo tol-workspace .pytest_cache .ruff_cache

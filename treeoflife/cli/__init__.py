@@ -39,12 +39,13 @@ def main(
 
 
 # A sub-app added without a name merges its commands into the root; groups carry a name.
+# Registered in pipeline order, which is the order `tol --help` lists them.
 app.add_typer(pull.app)
 app.add_typer(taxa.taxa_app, name="taxa")
-app.add_typer(demo.app)
-app.add_typer(dedup_cli.app)
 app.add_typer(audit.app)
 app.add_typer(images_cli.images_app, name="images")
-app.add_typer(evaluate_cli.app)
+app.add_typer(dedup_cli.app)
 app.add_typer(release_cli.app)
 app.add_typer(train_cli.app)
+app.add_typer(evaluate_cli.app)
+app.add_typer(demo.app)
