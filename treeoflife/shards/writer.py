@@ -34,6 +34,16 @@ TAR_MODE = 0o444
 JPEG_MAGIC = b"\xff\xd8\xff"
 TMP_MARK = ".partial-"
 
+SOURCE_ID_FIELDS = (
+    "eol_content_id",
+    "eol_page_id",
+    "bioscan_part",
+    "bioscan_filename",
+    "inat21_filename",
+    "inat21_cls_name",
+    "inat21_cls_num",
+)
+
 # Columns a unit needs, in this order (also what its fingerprint covers).
 UNIT_COLUMNS = (
     "pos",
@@ -57,25 +67,10 @@ UNIT_COLUMNS = (
     "phash",
     "width",
     "height",
-    "eol_content_id",
-    "eol_page_id",
-    "bioscan_part",
-    "bioscan_filename",
-    "inat21_filename",
-    "inat21_cls_name",
-    "inat21_cls_num",
+    *SOURCE_ID_FIELDS,
     "staging_shard",
     "staging_offset",
     "staging_size",
-)
-SOURCE_ID_FIELDS = (
-    "eol_content_id",
-    "eol_page_id",
-    "bioscan_part",
-    "bioscan_filename",
-    "inat21_filename",
-    "inat21_cls_name",
-    "inat21_cls_num",
 )
 
 SHARD_TABLES_SQL = """

@@ -11,6 +11,7 @@ from pathlib import Path
 import duckdb
 
 from treeoflife.errors import TolError
+from treeoflife.shards.catalog import CATALOG_CSV_COLUMNS
 from treeoflife.taxonomy.audit import (
     TOP,
     build_audit_records,
@@ -20,12 +21,6 @@ from treeoflife.taxonomy.audit import (
     table_exists,
 )
 from treeoflife.workspace import RANKS
-
-CATALOG_CSV_COLUMNS = (
-    "split", "treeoflife_id", "eol_content_id", "eol_page_id", "bioscan_part",
-    "bioscan_filename", "inat21_filename", "inat21_cls_name", "inat21_cls_num",
-    *RANKS, "common",
-)  # fmt: skip
 
 
 def _load_other(con: duckdb.DuckDBPyConnection, other: Path, table: str) -> dict:
