@@ -18,9 +18,9 @@ from treeoflife.http import (
     Checksum,
     HttpClient,
     HttpPolicy,
-    _retry_after_s,
     file_digest,
     mirror_url,
+    parse_retry_after,
 )
 from treeoflife.loopback import FaultPlan, LoopbackServer
 
@@ -192,12 +192,12 @@ def test_retry_after_is_honoured_and_capped(root, serve):
 
 
 def test_retry_after_parses_seconds_and_http_dates():
-    assert _retry_after_s("7") == 7.0
-    assert _retry_after_s(None) is None
-    assert _retry_after_s("soon") is None
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
     in_a_minute = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
-    assert 55 <= _retry_after_s(in_a_minute) <= 60
-    assert _retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert 55 <= parse_retry_after(in_a_minute) <= 60
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
 
 
 def test_exhausted_retries_raise_download_error_naming_url(root, serve, tmp_path):

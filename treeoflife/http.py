@@ -145,7 +145,7 @@ def mirror_url(url: str, mirror: str | None) -> str:
     return f"{mirrored}?{parts.query}" if parts.query else mirrored
 
 
-def _retry_after_s(value: str | None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), if any."""
     if not value:
         return None
@@ -387,7 +387,7 @@ class HttpClient:
         response.close()
         reason = f"HTTP {status} {response.reason}".rstrip()
         if status in (408, 429) or status >= 500:
-            after = _retry_after_s(response.headers.get("Retry-After"))
+            after = parse_retry_after(response.headers.get("Retry-After"))
             raise _Retryable(reason, after if status in (429, 503) else None)
         raise DownloadError(
             f"GET {url} answered {reason}; not retried (client errors are permanent). "

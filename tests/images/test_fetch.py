@@ -123,11 +123,9 @@ def test_sample_outcomes(sample_workspace, sample_server, sample_expected):
         assert row[8] == f"{member_key(record_id)}.jpg"
     # Orientation 6: the stored pixels are turned; the recorded size is the upright one.
     rotated = rid(next(i for i in sample_expected["special_images"] if "exif" in i["kind"]))
-    raw = SAMPLE_FILES / urlsplit(dict((r[0], r[1]) for r in records)[rotated]).hostname
-    stored = Image.open(
-        SAMPLE_FILES / raw.name / urlsplit(dict((r[0], r[1]) for r in records)[rotated]).path[1:]
-    )
-    assert (rows[rotated][5], rows[rotated][6]) == (stored.height, stored.width)
+    rotated_url = urlsplit(dict((r[0], r[1]) for r in records)[rotated])
+    with Image.open(SAMPLE_FILES / rotated_url.hostname / rotated_url.path[1:]) as stored:
+        assert (rows[rotated][5], rows[rotated][6]) == (stored.height, stored.width)
     assert_shards_hold_exactly_the_ok_rows(sample_workspace)
     for payload in list(shard_members(sample_workspace).values())[:20]:
         assert Image.open(io.BytesIO(payload)).size == (224, 224)

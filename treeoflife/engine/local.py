@@ -27,7 +27,9 @@ WATCH_S = 0.5
 
 # Worker processes start from a fork server that imported these once (no inherited
 # threads or locks, unlike fork; ~0.1 s per pool instead of ~3 s of imports per spawn).
-PRELOAD = ["treeoflife.images.fetch"]
+# scipy.fftpack is imported lazily by the hashes (~0.5 s); prewarm registers Pillow's
+# plugins and checks the resampler: done here once, not in every worker.
+PRELOAD = ["treeoflife.images.fetch", "scipy.fftpack", "treeoflife.images.prewarm"]
 
 
 def _context() -> multiprocessing.context.BaseContext:

@@ -3,9 +3,10 @@ archive member, verified/hashed/resized in one pass (`transform.process_image`),
 appended to a staging shard; one work unit at a time is committed to the `images` table.
 
 Roles: `run_unit` is the unit function (runs in a worker process or a Ray task; reads
-nothing but its inputs, writes only its staging files). Everything else here runs in the
-coordinator, the one process that writes `catalog.duckdb`: planning units, downloading
-the archives they read, ingesting each finished unit's Parquet in one transaction.
+nothing but its inputs, writes only its staging files); getting one URL's bytes (throttle,
+retries, reasons) is `download.py`'s. Everything else here runs in the coordinator, the
+one process that writes `catalog.duckdb`: planning units, downloading the archives they
+read, ingesting each finished unit's Parquet in one transaction.
 """
 
 from __future__ import annotations
@@ -15,27 +16,31 @@ import fcntl
 import hashlib
 import logging
 import queue
-import random
-import re
 import tarfile
 import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pyarrow as pa
-import requests
-import urllib3
 
 from treeoflife.engine import open_engine, report_progress
-from treeoflife.errors import DownloadError, TolError
-from treeoflife.http import DEFAULT_POLICY, HttpClient, HttpPolicy, mirror_url
+from treeoflife.errors import TolError
+from treeoflife.http import DEFAULT_POLICY, HttpClient, HttpPolicy
+from treeoflife.images.download import (  # noqa: F401 (re-exported: fetch's public names)
+    ROBOTS_AGENT,
+    ROBOTS_DIRECTIVES,
+    Fetched,
+    HostThrottle,
+    UrlFetcher,
+    robots_opt_out,
+)
+from treeoflife.images.phash import one_blas_thread
 from treeoflife.images.staging import ShardWriter, UnitPaths, read_stats, write_results, write_stats
 from treeoflife.images.transform import ImageRejected, ResizeSpec, process_batch, process_image
 from treeoflife.workspace import Workspace
@@ -45,8 +50,7 @@ log = logging.getLogger(__name__)
 STAGING = "staging"
 MAX_UNIT_ATTEMPTS = 3  # crashed attempts of one unit before its records count as failed
 UNITS_LOCK = ".units.lock"
-ROBOTS_DIRECTIVES = ("noai", "noimageai")
-ROBOTS_AGENT = "treeoflife"
+CHECK_S = 0.25  # how often a unit looks for stragglers and reports progress
 # Failures worth another try on a later run (`--retry-failed`); the others are permanent.
 TRANSIENT_ERRORS = (
     "timeout",
@@ -210,240 +214,6 @@ class FetchStats:
             f"{self.skipped} skipped{detail('skipped')} in {self.units} units, "
             f"{self.seconds:.1f} s ({self.images_per_s:.0f} images/s)"
         )
-
-
-# ---------------------------------------------------------------------------------------
-# adaptive per-host limits (one per worker process, shared by its threads)
-# ---------------------------------------------------------------------------------------
-@dataclass
-class _HostState:
-    window: float  # concurrent requests allowed now
-    in_flight: int = 0
-    interval_s: float = 0.0  # minimum spacing between request starts (adaptive rate)
-    next_start: float = 0.0
-    paused_until: float = 0.0
-    backed_off_at: float = -1.0  # overloads seen by requests sent before this are old news
-
-
-class _Deadline(Exception):
-    """The image ran out of time while waiting for its host."""
-
-
-class HostThrottle:
-    """AIMD per host: 429/5xx halves the concurrency window, down to one request at a
-    time; 429s beyond that double the spacing between requests (5xx is a failing server,
-    not a rate limit: retry backoff handles it); Retry-After pauses the whole host. Each
-    success halves the spacing and widens the window by 1/window, so a recovered host
-    returns to full speed.
-
-    Like TCP, it reacts once per congestion episode: an overload reported by a request
-    sent before the last back-off is already accounted for.
-    """
-
-    def __init__(self, max_concurrency: int, max_interval_s: float = 1.0) -> None:
-        self.max_concurrency = max_concurrency
-        self.max_interval_s = max_interval_s
-        self._hosts: dict[str, _HostState] = {}
-        self._cond = threading.Condition()
-
-    def state(self, host: str) -> _HostState:
-        if host not in self._hosts:
-            self._hosts[host] = _HostState(window=float(self.max_concurrency))
-        return self._hosts[host]
-
-    @contextlib.contextmanager
-    def slot(self, host: str, deadline: float) -> Iterator[float]:
-        """Wait for the host's window and spacing; yields the time the request starts."""
-        with self._cond:
-            state = self.state(host)
-            while True:
-                now = time.monotonic()
-                if now >= deadline:
-                    raise _Deadline
-                ready_at = max(state.paused_until, state.next_start)
-                if state.in_flight < max(1, int(state.window)) and now >= ready_at:
-                    break
-                wait_s = ready_at - now if now < ready_at else 0.5
-                self._cond.wait(timeout=max(0.001, min(wait_s, deadline - now)))
-            state.in_flight += 1
-            state.next_start = now + state.interval_s
-        try:
-            yield now
-        finally:
-            with self._cond:
-                state.in_flight -= 1
-                self._cond.notify_all()
-
-    def success(self, host: str) -> None:
-        with self._cond:
-            state = self.state(host)
-            state.window = min(float(self.max_concurrency), state.window + 1.0 / state.window)
-            state.interval_s = state.interval_s / 2 if state.interval_s > 0.005 else 0.0
-            self._cond.notify_all()
-
-    def overloaded(
-        self,
-        host: str,
-        retry_after_s: float | None,
-        sent_at: float = 0.0,
-        rate_limited: bool = True,
-    ) -> None:
-        """React to a 429 (`rate_limited`) or a 5xx answer to a request sent at `sent_at`."""
-        with self._cond:
-            state = self.state(host)
-            if sent_at >= state.backed_off_at:
-                state.backed_off_at = time.monotonic()
-                if state.window > 1.0:  # first fewer requests at once
-                    state.window = max(1.0, state.window / 2)
-                elif rate_limited:  # then, if the host says "too many", spaced out
-                    state.interval_s = min(self.max_interval_s, max(0.02, state.interval_s * 2))
-            if retry_after_s:
-                state.paused_until = max(state.paused_until, time.monotonic() + retry_after_s)
-
-
-# ---------------------------------------------------------------------------------------
-# getting the bytes
-# ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Fetched:
-    """Bytes, or why there are none: (status, reason) with status failed | skipped."""
-
-    payload: bytes | None = None
-    status: str = "ok"
-    reason: str | None = None
-
-
-_HTTP_STATUS = re.compile(r"HTTP (\d{3})")
-_BODY_ERRORS = (
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ContentDecodingError,
-    urllib3.exceptions.ProtocolError,
-    urllib3.exceptions.DecodeError,
-)
-_READ_TIMEOUTS = (requests.exceptions.Timeout, urllib3.exceptions.ReadTimeoutError, TimeoutError)
-
-
-def _classify(error: DownloadError) -> tuple[str, bool, float | None]:
-    """(reason, worth retrying, Retry-After seconds) for one failed attempt of the client.
-
-    The client (retries=0) raises DownloadError; a retryable attempt carries the client's
-    internal cause with `reason` and `retry_after_s`.
-    """
-    cause = error.__cause__
-    if "not retryable" in str(error):  # invalid URL, unsupported scheme
-        return "bad-url", False, None
-    text = getattr(cause, "reason", None) or str(error)
-    retry_after = getattr(cause, "retry_after_s", None)
-    match = _HTTP_STATUS.search(text)
-    if match:
-        code = int(match.group(1))
-        return f"http-{code}", code in (408, 429) or code >= 500, retry_after
-    if cause is None:
-        return "bad-url", False, None
-    if "timeout" in text.lower() or "timed out" in text.lower():
-        return "timeout", True, None
-    return "connection-error", True, None
-
-
-def robots_opt_out(headers: Any) -> bool:
-    """True when X-Robots-Tag forbids AI use (`noai`, `noimageai`) for all bots or for us.
-
-    Directives may be scoped to one crawler (`otherbot: noai`); those apply only when the
-    name is ours. Several headers arrive comma-joined.
-    """
-    value = headers.get("X-Robots-Tag") if headers is not None else None
-    if not value:
-        return False
-    for part in value.split(","):
-        part = part.strip().lower()
-        agent, sep, directive = part.partition(":")
-        if sep and agent.strip() not in ("*", ROBOTS_AGENT) and " " not in agent.strip():
-            continue
-        directive = directive.strip() if sep else part
-        if directive in ROBOTS_DIRECTIVES:
-            return True
-    return False
-
-
-class UrlFetcher:
-    """GETs image URLs through the project's HttpClient (one attempt per call) with our
-    own retry loop, so each attempt's status drives the adaptive host throttle."""
-
-    def __init__(self, config: FetchConfig, rng: random.Random | None = None) -> None:
-        self.config = config
-        policy = config.policy
-        inner = replace(
-            policy, retries=0, per_host_concurrency=max(policy.per_host_concurrency, config.threads)
-        )
-        self.client = HttpClient(inner)
-        self.throttle = HostThrottle(policy.per_host_concurrency)
-        self._rng = rng or random.Random()
-
-    def close(self) -> None:
-        self.client.close()
-
-    def fetch(self, url: str) -> Fetched:
-        config, policy = self.config, self.config.policy
-        deadline = time.monotonic() + config.image_deadline_s
-        url = mirror_url(url, config.mirror)
-        host = (urlsplit(url).netloc or url).lower()
-        reason = "timeout"
-        for attempt in range(1, policy.retries + 2):
-            try:
-                with self.throttle.slot(host, deadline) as sent_at:
-                    outcome, retryable, retry_after = self._attempt(url, deadline)
-            except _Deadline:
-                return Fetched(status="failed", reason=reason)
-            if isinstance(outcome, Fetched):
-                self.throttle.success(host)
-                return outcome
-            reason = outcome
-            if reason == "http-429" or reason.startswith("http-5"):
-                self.throttle.overloaded(
-                    host, retry_after, sent_at, rate_limited=reason == "http-429"
-                )
-            if not retryable or attempt > policy.retries:
-                return Fetched(status="failed", reason=reason)
-            if retry_after is not None:
-                delay = min(retry_after, policy.max_retry_after_s)
-            else:
-                cap = min(policy.backoff_max_s, policy.backoff_base_s * 2 ** (attempt - 1))
-                delay = self._rng.uniform(0.0, cap) if policy.jitter else cap
-            if time.monotonic() + delay >= deadline:
-                return Fetched(status="failed", reason=reason)
-            time.sleep(delay)
-        return Fetched(status="failed", reason=reason)
-
-    def _attempt(self, url: str, deadline: float) -> tuple[Fetched | str, bool, float | None]:
-        """One GET: (Fetched, _, _) on an answer we keep, else (reason, retryable, after)."""
-        try:
-            response = self.client.get(url, stream=True)
-        except DownloadError as error:
-            return _classify(error)
-        with response:
-            if self.config.respect_robots and robots_opt_out(response.headers):
-                return Fetched(status="skipped", reason="robots-noai"), False, None
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > self.config.max_bytes:
-                return Fetched(status="failed", reason="too-large"), False, None
-            chunks, size = [], 0
-            try:
-                for chunk in response.iter_content(chunk_size=32 << 10):
-                    chunks.append(chunk)
-                    size += len(chunk)
-                    if size > self.config.max_bytes:
-                        return Fetched(status="failed", reason="too-large"), False, None
-                    if time.monotonic() > deadline:
-                        return "timeout", False, None
-            except _READ_TIMEOUTS:
-                return "timeout", True, None
-            except _BODY_ERRORS:
-                return "truncated-body", True, None
-            except (requests.ConnectionError, ConnectionError, OSError):
-                return "connection-error", True, None
-            if declared and declared.isdigit() and size < int(declared):
-                return "truncated-body", True, None
-        return Fetched(payload=b"".join(chunks)), False, None
 
 
 def iter_archive(path: Path, members: list[str]) -> Iterator[tuple[str, Fetched]]:
@@ -626,12 +396,15 @@ class _BatchDecoder:
 
 
 class _Jobs:
-    """The unit's submitted records: future -> (record_id, start time once running)."""
+    """The unit's submitted records: future -> (record_id, start time once running), and
+    the finished futures in completion order (so collecting one costs O(1), not a `wait`
+    over every record still running)."""
 
     def __init__(self, pool: ThreadPoolExecutor) -> None:
         self.pool = pool
         self.lock = threading.Lock()
         self.running: dict[Future, list] = {}
+        self.finished: queue.SimpleQueue[Future] = queue.SimpleQueue()
 
     def submit(self, function: Callable, record_id: str, *args: Any) -> None:
         job = [record_id, None]
@@ -641,11 +414,19 @@ class _Jobs:
             return function(record_id, *args)
 
         with self.lock:
-            self.running[self.pool.submit(timed)] = job
+            future = self.pool.submit(timed)
+            self.running[future] = job
+        future.add_done_callback(self.finished.put)
 
-    def snapshot(self) -> list[Future]:
+    def next_finished(self, timeout_s: float) -> Future | None:
+        try:
+            return self.finished.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def count(self) -> int:
         with self.lock:
-            return list(self.running)
+            return len(self.running)
 
     def pop(self, future: Future) -> list | None:
         with self.lock:
@@ -666,8 +447,10 @@ def run_unit(task: UnitTask) -> UnitResult:
 
     Runs anywhere (process pool, Ray task). A record still running after the straggler
     timeout is recorded as failed (timeout) and left behind, so a unit always finishes.
+    BLAS stays on one thread for the whole unit: its products are small, and switching
+    OpenBLAS's thread count per image cost more than the products themselves.
     """
-    with _units_running(Path(task.staging_dir)):
+    with _units_running(Path(task.staging_dir)), one_blas_thread():
         return _run_unit(task)
 
 
@@ -765,22 +548,24 @@ def _collect(
     jobs: _Jobs, readers: list[threading.Thread], collector: _UnitCollector, timeout_s: float
 ) -> None:
     """Hand finished records to the collector until none is running or still to be read."""
+    next_check = time.monotonic() + CHECK_S
     while True:
-        futures = jobs.snapshot()
-        if not futures:
-            if not any(reader.is_alive() for reader in readers) and not jobs.snapshot():
-                return
-            time.sleep(0.01)
-            continue
-        done, _ = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
-        for future in done:
-            if jobs.pop(future) is not None:
-                collector.add(*future.result())
-        for future, record_id, waited in jobs.overdue(timeout_s):
-            if jobs.pop(future) is not None:
-                log.warning("%s: no answer after %.0f s; recorded as timeout", record_id, waited)
-                collector.add(record_id, Fetched(status="failed", reason="timeout"))
+        future = jobs.next_finished(CHECK_S)
+        if future is not None and jobs.pop(future) is not None:
+            collector.add(*future.result())
+        now = time.monotonic()
+        if now >= next_check:
+            next_check = now + CHECK_S
+            for late, record_id, waited in jobs.overdue(timeout_s):
+                if jobs.pop(late) is not None:
+                    log.warning(
+                        "%s: no answer after %.0f s; recorded as timeout", record_id, waited
+                    )
+                    collector.add(record_id, Fetched(status="failed", reason="timeout"))
         collector.report()
+        if future is None and not jobs.count():
+            if not any(reader.is_alive() for reader in readers) and not jobs.count():
+                return
 
 
 # ---------------------------------------------------------------------------------------
@@ -1215,31 +1000,24 @@ def _tasks(
     archives: dict[tuple[str, str], Path],
     config: FetchConfig,
 ) -> Iterator[UnitTask]:
-    """Each unit's inputs as an Arrow table, read from the plan when the engine asks."""
+    """Each unit's inputs as an Arrow table, read from the plan when the engine asks.
+
+    The archive paths are joined in SQL, so the table comes whole from DuckDB: building
+    Arrow arrays from Python lists makes pyarrow import pandas (~0.5 s per run).
+    """
     staging_dir = str((workspace.root / STAGING).resolve())
+    paths = [(source, role, str(path.resolve())) for (source, role), path in archives.items()]
+    if paths:
+        values = ", ".join("(?, ?, ?)" for _ in paths)
+        join = f"LEFT JOIN (VALUES {values}) a(source, archive, path) USING (source, archive)"
+        path_column = "a.path"
+        params = [value for row in paths for value in row]
+    else:
+        join, path_column, params = "", "NULL::VARCHAR", []
+    query = f"""SELECT r.record_id, r.url, {path_column} AS archive_path, r.member
+                FROM image_unit_records r {join}
+                WHERE r.unit = ? ORDER BY r.member, r.record_id"""
     for unit in units:
         with workspace.connect() as con:
-            rows = (
-                con.cursor()
-                .sql(
-                    """SELECT record_id, url, source, archive, member FROM image_unit_records
-                   WHERE unit = ? ORDER BY member, record_id""",
-                    params=[unit],
-                )
-                .to_arrow_table()
-            )
-        archive_paths = [
-            str(archives[(source, role)].resolve()) if role is not None else None
-            for source, role in zip(
-                rows.column("source").to_pylist(), rows.column("archive").to_pylist(), strict=True
-            )
-        ]
-        records = pa.table(
-            {
-                "record_id": rows.column("record_id"),
-                "url": rows.column("url"),
-                "archive_path": pa.array(archive_paths, pa.string()),
-                "member": rows.column("member"),
-            }
-        )
+            records = con.cursor().sql(query, params=[*params, unit]).to_arrow_table()
         yield UnitTask(unit, records, staging_dir, config)

@@ -4,7 +4,7 @@
 top-left 8×8 > its median; `imagehash.dhash(img)` is grey → 9×8 Lanczos → each pixel >
 its left neighbour. Here Pillow's fixed-point Lanczos is reproduced exactly by banded
 float64 matrix products (both thumbnails from one grey conversion) and one scipy DCT call
-serves a whole batch: the same 64 bits, about 1.7× faster (docs/images.md). Hashes travel
+serves a whole batch: the same 64 bits, about 1.8× faster (docs/images.md). Hashes travel
 as 16 lowercase hex digits, `str(imagehash.phash(img))`'s format, or as a uint64.
 """
 
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import scipy.fftpack
 from PIL import Image
 
 HASH_SIZE = 8  # 8×8 = 64 bits, imagehash's default
@@ -145,30 +145,61 @@ def lanczos_thumbnails(
     if not _resampler_matches_pillow():
         image = Image.fromarray(np.ascontiguousarray(pixels), "L")
         return [np.asarray(image.resize(size, LANCZOS)) for size in sizes]
-    with _one_blas_thread():
+    with one_blas_thread():
         return _thumbnails(pixels, sizes)
 
 
+class _OneBlasThread:
+    """BLAS held to one thread while any thread of this process resamples. The thread
+    count is process-wide, so per-thread limits would undo each other (one thread restoring
+    the default under another's product): the first holder limits, the last restores.
+    Talks to the BLAS libraries directly (~2 µs) rather than through `threadpool_limits`,
+    which re-reads every library's info on each call."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._restore: list[tuple[object, int]] = []
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # optional: without it BLAS keeps its own thread count
+            self._libraries = []
+        else:
+            self._libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        with self._lock:
+            if self._holders == 0:
+                self._restore = []
+                for library in self._libraries:
+                    threads = library.get_num_threads()
+                    if threads != 1:
+                        library.set_num_threads(1)
+                        self._restore.append((library, threads))
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holders -= 1
+                if self._holders == 0:
+                    for library, threads in self._restore:
+                        library.set_num_threads(threads)
+                    self._restore = []
+
+
 @functools.cache
-def _blas_controller():
-    """threadpoolctl's handle on the loaded BLAS, found once per process (or None)."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # optional: without it BLAS keeps its own thread count
-        return None
-    return ThreadpoolController()
+def _blas_guard() -> _OneBlasThread:
+    """The process's one guard (threadpoolctl's handle on the loaded BLAS, found once)."""
+    return _OneBlasThread()
 
 
-@contextlib.contextmanager
-def _one_blas_thread() -> Iterator[None]:
+def one_blas_thread() -> contextlib.AbstractContextManager[None]:
     """These products are small: BLAS threads only fight the worker processes for cores
-    (measured 4-10× slower on a busy 2-core machine), so run them on the calling thread."""
-    controller = _blas_controller()
-    if controller is None:
-        yield
-        return
-    with controller.limit(limits=1, user_api="blas"):
-        yield
+    (measured 4-10× slower on a busy 2-core machine), so run them on the calling thread.
+    Re-entrant; hold it around a batch so the limit is set once, not per image."""
+    return _blas_guard().held()
 
 
 def _thumbnails(pixels: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
@@ -209,6 +240,12 @@ def _resampler_matches_pillow() -> bool:
             if not np.array_equal(got, want):
                 return False
     return True
+
+
+def resampler_is_exact() -> bool:
+    """Does this Pillow agree with the GEMM resampler (else hashes use Pillow's resize)?
+    Checked once per process; `prewarm` runs it ahead of the first image."""
+    return _resampler_matches_pillow()
 
 
 def _pillow_order(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -258,8 +295,10 @@ def phash_from_thumbnails(thumbnails: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected (N, {PHASH_SIDE}, {PHASH_SIDE}) thumbnails, got {pixels.shape}")
     if len(pixels) == 0:
         return np.zeros(0, dtype=np.uint64)
-    dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=1), axis=2)
-    low = dct[:, :HASH_SIZE, :HASH_SIZE].reshape(len(pixels), -1)
+    from scipy.fftpack import dct  # 0.6 s to import: only processes that hash pay it
+
+    coefficients = dct(dct(pixels, axis=1), axis=2)
+    low = coefficients[:, :HASH_SIZE, :HASH_SIZE].reshape(len(pixels), -1)
     return _pack(low > np.median(low, axis=1, keepdims=True))
 
 
@@ -278,14 +317,17 @@ def phash_batch(images: Sequence[Image.Image]) -> np.ndarray:
     """phash of each image as a uint64 (equal to `int(str(imagehash.phash(img)), 16)`)."""
     if not images:
         return np.zeros(0, dtype=np.uint64)
-    return phash_from_thumbnails(np.stack([phash_thumbnail(image) for image in images]))
+    with one_blas_thread():
+        thumbnails = [phash_thumbnail(image) for image in images]
+    return phash_from_thumbnails(np.stack(thumbnails))
 
 
 def hash_batch(images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
     """(phashes, dhashes) of each image as uint64 arrays: the fused fast path."""
     if not images:
         return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
-    thumbs = [hash_thumbnails(image) for image in images]
+    with one_blas_thread():
+        thumbs = [hash_thumbnails(image) for image in images]
     return (
         phash_from_thumbnails(np.stack([p for p, _d in thumbs])),
         dhash_from_thumbnails(np.stack([d for _p, d in thumbs])),
@@ -296,7 +338,9 @@ def dhash_batch(images: Sequence[Image.Image]) -> np.ndarray:
     """dhash of each image as a uint64 (equal to `int(str(imagehash.dhash(img)), 16)`)."""
     if not images:
         return np.zeros(0, dtype=np.uint64)
-    return dhash_from_thumbnails(np.stack([dhash_thumbnail(image) for image in images]))
+    with one_blas_thread():
+        thumbnails = [dhash_thumbnail(image) for image in images]
+    return dhash_from_thumbnails(np.stack(thumbnails))
 
 
 def int_to_hex(value: int | np.integer) -> str:
