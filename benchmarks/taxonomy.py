@@ -9,6 +9,10 @@ names, Metazoa/Viridiplantae kingdoms) are generated in SQL into a fresh workspa
 
     .venv/bin/python benchmarks/taxonomy.py [--names 3000000] [--records 10000000]
                                             [--taxa 450000] [--quick] [--keep DIR]
+                                            [--reuse]
+
+`--keep DIR --reuse` runs on a workspace an earlier `--keep DIR` generated (same sizes; its
+resolve outputs and name index are dropped first, so the first run is still cold).
 """
 
 from __future__ import annotations
@@ -133,13 +137,16 @@ def build_catalog(con: duckdb.DuckDBPyConnection, taxa: int, records: int) -> No
     con.execute(f"""
     CREATE OR REPLACE TEMP TABLE _pick AS
     SELECT t, hash(t * 2654435761) % 1000 AS kind, hash(t) AS h FROM range({taxa}) x(t);
+    -- numbered in taxon_id order, so the same sizes always give the same catalog
     CREATE OR REPLACE TEMP TABLE _species_pool AS
-    SELECT row_number() OVER () - 1 AS k, a.* FROM authority_taxa a
+    SELECT row_number() OVER (ORDER BY a.taxon_id) - 1 AS k, a.* FROM authority_taxa a
     WHERE a.rank = 'species' AND a.status = 'accepted' AND hash(a.taxon_id) % 3 = 0;
     CREATE OR REPLACE TEMP TABLE _syn_pool AS
-    SELECT row_number() OVER () - 1 AS k, a.* FROM authority_taxa a WHERE a.status = 'synonym';
+    SELECT row_number() OVER (ORDER BY a.taxon_id) - 1 AS k, a.* FROM authority_taxa a
+    WHERE a.status = 'synonym';
     CREATE OR REPLACE TEMP TABLE _genus_pool AS
-    SELECT row_number() OVER () - 1 AS k, a.* FROM authority_taxa a WHERE a.rank = 'genus';
+    SELECT row_number() OVER (ORDER BY a.taxon_id) - 1 AS k, a.* FROM authority_taxa a
+    WHERE a.rank = 'genus';
     """)
     n_sp, n_syn, n_gen = (
         con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
@@ -200,6 +207,32 @@ def build_workspace(root: Path, names: int, taxa: int, records: int) -> dict:
     }  # fmt: skip
 
 
+def reuse_workspace(root: Path) -> dict:
+    """The sizes of a kept workspace, with everything `tol taxa resolve` wrote dropped (the
+    name index included) so the next resolve starts cold, as on freshly generated data."""
+    workspace = Workspace(root)
+    with workspace.connect() as con:
+        kind = con.execute(
+            "SELECT table_type FROM information_schema.tables WHERE table_name = 'taxa_resolved'"
+        ).fetchall()
+        if kind:  # back to the empty core table a fresh workspace has
+            con.execute(f"DROP {'VIEW' if kind[0][0] == 'VIEW' else 'TABLE'} taxa_resolved")
+        for table in ("taxa_name_index", "taxa_name_index_state", "taxa_source_resolved",
+                      "taxa_conflicts"):  # fmt: skip
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+        counts = con.execute(
+            "SELECT (SELECT count(*) FROM authority_taxa), "
+            "(SELECT count(*) FROM authority_taxa WHERE status = 'synonym'), "
+            "(SELECT count(*) FROM record_images), (SELECT count(*) FROM source_taxa)"
+        ).fetchall()[0]
+        con.execute("CHECKPOINT")
+    workspace.init()
+    return {
+        "authority_usages": counts[0], "synonyms": counts[1], "records": counts[2],
+        "source_taxa": counts[3], "generate_s": None, "reused": True,
+    }  # fmt: skip
+
+
 def bare_join(root: Path) -> dict:
     """Baseline: every record's lower-cased name joined to the backbone's, nothing else.
     The record names are materialised first (untimed); the join writes its result."""
@@ -253,7 +286,7 @@ def table(result: dict) -> str:
     labels = {
         "cold": "cold name index",
         "warm": "warm name index",
-        "view": "warm, per_record = view",
+        "table": "warm, per_record = table",
     }
     for key, label in labels.items():
         run = result[f"resolve_{key}"]
@@ -261,12 +294,12 @@ def table(result: dict) -> str:
             f"| `tol taxa resolve` ({label}) | {run['seconds']:.1f} | "
             f"{run['seconds'] / bare:.2f}x | {run['peak_rss_mb']:,} MB |"
         )
-    lines += ["", "| step | cold | warm | view | share (cold) |", "|---|---|---|---|---|"]
+    lines += ["", "| step | cold | warm | table | share (cold) |", "|---|---|---|---|---|"]
     steps = {key: result[f"resolve_{key}"]["stats"]["steps"] for key in labels}
     total = sum(steps["cold"].values()) or 1
     lines += [
         f"| {name} | {seconds:.2f} | {steps['warm'].get(name, 0):.2f} | "
-        f"{steps['view'].get(name, 0):.2f} | {100 * seconds / total:.0f}% |"
+        f"{steps['table'].get(name, 0):.2f} | {100 * seconds / total:.0f}% |"
         for name, seconds in steps["cold"].items()
     ]
     by_status = result["resolve_cold"]["stats"]["by_status"]
@@ -282,24 +315,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--taxa", type=int, default=450_000, help="distinct source taxa")
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
     parser.add_argument("--keep", type=Path, help="build the workspace here and keep it")
+    parser.add_argument(
+        "--reuse", action="store_true", help="with --keep: reuse the workspace already there"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.names, args.records, args.taxa = 60_000, 200_000, 10_000
     root = args.keep or Path(tempfile.mkdtemp(prefix="tol-bench-taxa-")) / "ws"
-    if root.exists():
+    reuse = args.reuse and args.keep is not None and (root / "catalog.duckdb").exists()
+    if root.exists() and not reuse:
         shutil.rmtree(root)
     try:
-        print(f"generating {args.names:,} names, {args.taxa:,} taxa, {args.records:,} records")
-        sizes = build_workspace(root, args.names, args.taxa, args.records)
-        print(f"generated in {sizes['generate_s']} s: {sizes}")
+        if reuse:
+            sizes = reuse_workspace(root)
+            print(f"reusing {root}: {sizes}")
+        else:
+            print(f"generating {args.names:,} names, {args.taxa:,} taxa, {args.records:,} records")
+            sizes = build_workspace(root, args.names, args.taxa, args.records)
+            print(f"generated in {sizes['generate_s']} s: {sizes}")
         result = {
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "duckdb": duckdb.__version__},
             "sizes": sizes,
             "bare_join": bare_join(root),
-            "resolve_cold": run_resolve(root),
+            "resolve_cold": run_resolve(root),  # the default: per_record = view
             "resolve_warm": run_resolve(root),
-            "resolve_view": run_resolve(root, "--per-record", "view"),
+            "resolve_table": run_resolve(root, "--per-record", "table"),
         }  # fmt: skip
     finally:
         if not args.keep:

@@ -6,9 +6,9 @@ import dataclasses
 import json
 
 import pytest
-from conftest import fast_client, pull_all
 from typer.testing import CliRunner
 
+from tests.conftest import fast_client, pull_all
 from treeoflife import sources
 from treeoflife.cli import app
 from treeoflife.errors import ChecksumMismatch, DownloadError, UnsafeArchiveMember

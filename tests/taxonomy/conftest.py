@@ -3,25 +3,13 @@ cases the sample lacks (synonym chain, misspelling, genus homonyms, lineage hole
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-from pathlib import Path
 
 import pytest
 
 from treeoflife.demo import load_sample_authorities
 from treeoflife.taxonomy.authority import ensure_authority_tables
 from treeoflife.workspace import RANKS, Workspace
-
-# Inside this folder `conftest` names this module, so re-export the root one's helpers that
-# test modules import (`from conftest import fast_client`).
-_spec = importlib.util.spec_from_file_location(
-    "tests_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py"
-)
-_root_conftest = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_root_conftest)
-fast_client = _root_conftest.fast_client
-pull_all = _root_conftest.pull_all
 
 TAXON_COLUMNS = (
     "authority", "version", "taxon_id", "parent_id", "accepted_id", "status", "status_raw",

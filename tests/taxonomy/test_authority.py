@@ -8,8 +8,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import fast_client
 
+from tests.conftest import fast_client
 from treeoflife.loopback import LoopbackServer
 from treeoflife.manifest import load_manifest, repo_dir
 from treeoflife.sample import SAMPLE_FILES

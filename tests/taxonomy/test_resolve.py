@@ -365,20 +365,24 @@ def test_without_authorities_every_record_keeps_its_source_ranks(tmp_path, pulle
     assert {r["kingdom"] for r in eol} == {"Animalia", "Plantae", "Fungi"}  # no Metazoa
 
 
-def test_per_record_view_mode_gives_the_same_rows_and_switches_back(mini_catalog):
-    with mini_catalog.connect() as con:
-        resolve_taxa(con)
-        table = sorted(con.execute("SELECT * FROM taxa_resolved").fetchall(), key=str)
-        resolve_taxa(con, ResolveOptions.from_stage({"per_record": "view"}))
-        kind = con.execute(
+def test_per_record_table_mode_gives_the_same_rows_and_switches_back(mini_catalog):
+    def kind(con) -> list:
+        return con.execute(
             "SELECT table_type FROM information_schema.tables WHERE table_name = 'taxa_resolved'"
         ).fetchall()
-        assert kind == [("VIEW",)]
-        assert sorted(con.execute("SELECT * FROM taxa_resolved").fetchall(), key=str) == table
+
+    with mini_catalog.connect() as con:
         resolve_taxa(con)
-        assert sorted(con.execute("SELECT * FROM taxa_resolved").fetchall(), key=str) == table
+        assert kind(con) == [("VIEW",)]  # the default: one answer per taxon, like `records`
+        view = sorted(con.execute("SELECT * FROM taxa_resolved").fetchall(), key=str)
+        resolve_taxa(con, ResolveOptions.from_stage({"per_record": "table"}))
+        assert kind(con) == [("BASE TABLE",)]
+        assert sorted(con.execute("SELECT * FROM taxa_resolved").fetchall(), key=str) == view
         nullable = con.execute(
             "SELECT is_nullable FROM information_schema.columns "
             "WHERE table_name = 'taxa_resolved' AND column_name = 'record_id'"
         ).fetchall()
         assert nullable == [("NO",)]
+        resolve_taxa(con)
+        assert kind(con) == [("VIEW",)]
+        assert sorted(con.execute("SELECT * FROM taxa_resolved").fetchall(), key=str) == view

@@ -79,9 +79,9 @@ def resolve_command(
     per_record: Annotated[
         str | None,
         typer.Option(
-            help="`table` (default) writes one `taxa_resolved` row per record; `view` makes "
-            "`taxa_resolved` a view joining records to their source taxon's answer (no 10M-row "
-            "write)."
+            help="`view` (default) makes `taxa_resolved` a view joining records to their source "
+            "taxon's answer, stored once per taxon (like `records`); `table` writes one "
+            "`taxa_resolved` row per record (10M rows at TreeOfLife-10M scale)."
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,

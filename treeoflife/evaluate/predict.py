@@ -76,7 +76,7 @@ def load_taxa(source: Path) -> list[TaxonLabel]:
             tables = {
                 r[0]
                 for r in con.execute(
-                    "SELECT table_name FROM duckdb_tables() WHERE database_name='ws'"
+                    "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'ws'"
                 ).fetchall()
             }
             rows = []

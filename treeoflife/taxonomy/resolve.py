@@ -49,15 +49,16 @@ class ResolveOptions:
     prefer: per-source override, e.g. `prefer = {inat21 = ["inat", "gbif"]}` (only those);
     fuzzy_max_distance: edit distance allowed for a misspelt word (0 turns fuzzy off);
     vernacular_language: ISO 639-1 code of the common names to take from authorities;
-    per_record: "table" (default: `taxa_resolved` is written, 10M rows) or "view" (it is a
-    view joining `record_images` to `taxa_source_resolved`, like the `records` view).
+    per_record: "view" (default: `taxa_resolved` is a view joining `record_images` to
+    `taxa_source_resolved`, like the `records` view, so each taxon's answer is stored once,
+    not once per image) or "table" (one materialised row per record: 10M rows to write).
     """
 
     authority_order: tuple[str, ...] = DEFAULT_AUTHORITY_ORDER
     prefer: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     fuzzy_max_distance: int = 2
     vernacular_language: str = "en"
-    per_record: str = "table"
+    per_record: str = "view"
 
     @classmethod
     def from_stage(cls, stage: Mapping | None) -> ResolveOptions:
@@ -83,7 +84,7 @@ class ResolveOptions:
         language = stage.get("vernacular_language", "en")
         if not isinstance(language, str) or len(language) != 2:
             raise TolError(f"{where}: vernacular_language must be an ISO 639-1 code like 'en'")
-        per_record = stage.get("per_record", "table")
+        per_record = stage.get("per_record", "view")
         if per_record not in ("table", "view"):
             raise TolError(f"{where}: per_record must be 'table' or 'view', got {per_record!r}")
         return cls(order, prefer, distance, language.lower(), per_record)
@@ -132,15 +133,17 @@ def _q(rank: str) -> str:
     return f'"{rank}"'
 
 
+# Bumped when the index's columns change: an index of another layout is rebuilt.
+INDEX_LAYOUT = 2
 _INDEX_STATE_SQL = """
 CREATE TABLE IF NOT EXISTS taxa_name_index_state (
-    authority VARCHAR, version VARCHAR, taxa BIGINT, synonyms BIGINT, kingdoms BIGINT
+    authority VARCHAR, version VARCHAR, taxa BIGINT, synonyms BIGINT, layout INTEGER
 )
 """
 
-_FINGERPRINT_SQL = """
+_FINGERPRINT_SQL = f"""
 SELECT authority, any_value(version), count(*), count(*) FILTER (WHERE status = 'synonym'),
-       (SELECT count(*) FROM kingdom_names)
+       {INDEX_LAYOUT}
 FROM authority_taxa GROUP BY authority ORDER BY authority
 """
 
@@ -159,22 +162,21 @@ WHERE t.authority = _synonym_chain.authority AND t.taxon_id = _synonym_chain.tar
   AND t.status = 'synonym' AND t.accepted_id IS NOT NULL
   AND t.accepted_id <> _synonym_chain.taxon_id
 """
-_RANK_COLS = ", ".join(_q(r) for r in RANKS[1:])
-_INDEX_SQL = f"""
+# Only what the rules join on, plus the accepted usage's id: writing 3M rows is the index's
+# whole cost, so the accepted taxon's name, rank and lineage are looked up in authority_taxa
+# for the (few hundred thousand) candidates instead (_LINEAGE_COLUMNS).
+_INDEX_SQL = """
 CREATE OR REPLACE TABLE taxa_name_index AS
 WITH usable AS (
-    SELECT a.*, tol_name_key(a.canonical_name) AS key
-    FROM authority_taxa a
-    WHERE a.status IN ('accepted', 'doubtful', 'synonym') AND a.canonical_name IS NOT NULL
+    SELECT authority, taxon_id, accepted_id, status, rank, canonical_name AS name,
+           tol_name_key(canonical_name) AS key
+    FROM authority_taxa
+    WHERE status IN ('accepted', 'doubtful', 'synonym') AND canonical_name IS NOT NULL
 ), targets AS (
-    SELECT u.authority, u.key, u.taxon_id, u.status, u.rank, u.canonical_name AS name,
-           u.taxon_id AS target_id, u.canonical_name AS target_name, u.rank AS target_rank,
-           u.kingdom, {", ".join(f"u.{_q(r)}" for r in RANKS[1:])}
+    SELECT u.authority, u.key, u.taxon_id, u.status, u.rank, u.name, u.taxon_id AS target_id
     FROM usable u WHERE u.status <> 'synonym'
     UNION ALL
-    SELECT u.authority, u.key, u.taxon_id, u.status, u.rank, u.canonical_name,
-           t.taxon_id, t.canonical_name, t.rank,
-           t.kingdom, {", ".join(f"t.{_q(r)}" for r in RANKS[1:])}
+    SELECT u.authority, u.key, u.taxon_id, u.status, u.rank, u.name, t.taxon_id
     FROM usable u
     LEFT JOIN _synonym_chain c ON c.authority = u.authority AND c.taxon_id = u.taxon_id
     JOIN authority_taxa t ON t.authority = u.authority
@@ -182,12 +184,10 @@ WITH usable AS (
                          AND t.status <> 'synonym'
     WHERE u.status = 'synonym'
 )
-SELECT t.authority, t.key,
-       length(t.key) - length(replace(t.key, ' ', '')) + 1 AS words,
-       split_part(t.key, ' ', 1) AS genus_key, split_part(t.key, ' ', 2) AS epithet_key,
-       t.taxon_id, t.status, t.rank, t.name, t.target_id, t.target_name, t.target_rank,
-       CASE WHEN k.name IS NOT NULL THEN k.kingdom ELSE t.kingdom END AS kingdom, {_RANK_COLS}
-FROM targets t LEFT JOIN kingdom_names k ON k.name = lower(t.kingdom)
+SELECT authority, key, length(key) - length(replace(key, ' ', '')) + 1 AS words,
+       split_part(key, ' ', 1) AS genus_key, split_part(key, ' ', 2) AS epithet_key,
+       taxon_id, status, rank, name, target_id
+FROM targets
 """
 
 _SOURCE_COLUMNS = {
@@ -213,6 +213,9 @@ _DEDUPED_SOURCE_TAXA = """(
     SELECT DISTINCT ON (source, taxon_key) * FROM source_taxa
     ORDER BY source, taxon_key, scientific_name NULLS LAST, source_taxon_id
 )"""
+# Parsed columns no later step reads: not written to _taxa_query (450K rows, ~30 columns).
+_QUERY_UNUSED = ("clean_name", "source_rank", "n_clean", "n_plain", "n_kind", "n_binomial",
+                 "n_species_key")  # fmt: skip
 _QUERY_SQL = f"""
 CREATE OR REPLACE TEMP TABLE _taxa_query AS
 WITH distinct_taxa AS (
@@ -240,7 +243,8 @@ WITH distinct_taxa AS (
                AS q_key
     FROM parsed
 )
-SELECT * EXCLUDE (raw_phylum, raw_class, raw_order, raw_family, raw_genus, raw_species),
+SELECT * EXCLUDE (raw_phylum, raw_class, raw_order, raw_family, raw_genus, raw_species,
+                  {", ".join(_QUERY_UNUSED)}),
        {_FILLED},
        CASE WHEN n_kind = 'species' THEN n_binomial END AS s_species
 FROM ranked
@@ -248,16 +252,14 @@ FROM ranked
 
 _PREFS_SCHEMA = "CREATE OR REPLACE TEMP TABLE _prefs (source VARCHAR, authority VARCHAR, pref INT)"
 
+# The rules collect candidates as (taxon, usage, accepted id) in _cand_keys; the accepted
+# taxon's name, rank and 7 ranks are added when they are scored (_LINEAGE_COLUMNS).
 _CAND_COLUMNS = (
-    "source, taxon_key, level, distance, pref, authority, taxon_id, status, rank, name, "
-    f"target_id, target_name, target_rank, {', '.join(_q(r) for r in RANKS)}"
+    "source, taxon_key, level, distance, pref, authority, taxon_id, status, rank, name, target_id"
 )
-_X_COLUMNS = (
-    "x.authority, x.taxon_id, x.status, x.rank, x.name, x.target_id, x.target_name, "
-    f"x.target_rank, {', '.join(f'x.{_q(r)}' for r in RANKS)}"
-)
+_X_COLUMNS = "x.authority, x.taxon_id, x.status, x.rank, x.name, x.target_id"
 _EXACT_SQL = f"""
-CREATE OR REPLACE TEMP TABLE _cand AS
+CREATE OR REPLACE TEMP TABLE _cand_keys AS
 SELECT q.source, q.taxon_key, 0 AS level, 0 AS distance, p.pref, {_X_COLUMNS}
 FROM _taxa_query q
 JOIN _prefs p ON p.source = q.source
@@ -269,12 +271,12 @@ WHERE CASE WHEN q.q_rank = 'species' THEN x.words = 2
 # A misspelt epithet within a known genus, or a misspelt genus with a known epithet (blocked
 # on the genus' first two letters); short words are never fuzzed.
 _FUZZY_SQL = f"""
-INSERT INTO _cand ({_CAND_COLUMNS})
+INSERT INTO _cand_keys ({_CAND_COLUMNS})
 WITH missing AS (
     SELECT q.source, q.taxon_key, q.n_genus_key, q.n_epithet_key, p.authority, p.pref
     FROM _taxa_query q JOIN _prefs p ON p.source = q.source
     WHERE q.q_rank = 'species'
-      AND NOT EXISTS (SELECT 1 FROM _cand c
+      AND NOT EXISTS (SELECT 1 FROM _cand_keys c
                       WHERE c.source = q.source AND c.taxon_key = q.taxon_key)
 ), pairs AS (
     SELECT m.source, m.taxon_key, m.pref, m.n_epithet_key AS word, x.epithet_key AS other,
@@ -296,8 +298,7 @@ WITH missing AS (
                 ELSE {{max_distance}} END AS allowed
     FROM pairs
 )
-SELECT source, taxon_key, 0, distance, pref, authority, taxon_id, status, rank, name,
-       target_id, target_name, target_rank, {", ".join(_q(r) for r in RANKS)}
+SELECT source, taxon_key, 0, distance, pref, authority, taxon_id, status, rank, name, target_id
 FROM scored
 WHERE distance <= least(allowed, {{max_distance}})
 QUALIFY rank() OVER (PARTITION BY source, taxon_key ORDER BY distance) = 1
@@ -314,10 +315,10 @@ _FALLBACK_KEYS = " UNION ALL ".join(
     for level, rank in FALLBACK_LEVELS
 )
 _HIGHER_SQL = f"""
-INSERT INTO _cand ({_CAND_COLUMNS})
+INSERT INTO _cand_keys ({_CAND_COLUMNS})
 WITH missing AS (
     SELECT * FROM _taxa_query q
-    WHERE NOT EXISTS (SELECT 1 FROM _cand c
+    WHERE NOT EXISTS (SELECT 1 FROM _cand_keys c
                       WHERE c.source = q.source AND c.taxon_key = q.taxon_key)
 ), wanted AS (
     SELECT source, taxon_key, level, rank, strip_accents(lower(value)) AS key
@@ -330,6 +331,17 @@ JOIN taxa_name_index x ON x.authority = p.authority AND x.key = w.key AND x.word
                       AND x.rank = w.rank
 """
 
+# The accepted taxon's name, rank and 7 ranks (kingdom harmonised) of a candidate `b`.
+_LINEAGE_COLUMNS = (
+    "t.canonical_name AS target_name, t.rank AS target_rank, "
+    "CASE WHEN k.name IS NOT NULL THEN k.kingdom ELSE t.kingdom END AS kingdom, "
+    + ", ".join(f"t.{_q(r)}" for r in RANKS[1:])
+)
+_LINEAGE_JOIN = """
+JOIN authority_taxa t ON t.authority = b.authority AND t.taxon_id = b.target_id
+LEFT JOIN kingdom_names k ON k.name = lower(t.kingdom)
+"""
+
 
 def _bits(op: str) -> str:
     return " + ".join(
@@ -340,36 +352,39 @@ def _bits(op: str) -> str:
 
 
 # Most taxa have one candidate: only those with several go through the window functions.
-_SCORED_SQL = f"""
-CREATE OR REPLACE TEMP TABLE _scored AS
-WITH several AS (
-    SELECT source, taxon_key FROM _cand GROUP BY source, taxon_key HAVING count(*) > 1
-), best AS (
-    SELECT c.*, false AS several FROM _cand c
+# Only the best (level, authority) candidates get their lineage (a join with authority_taxa),
+# and the scored candidates stay a CTE of the _choice query: no temp table is written.
+_SCORED_CTES = f"""
+several AS (
+    SELECT source, taxon_key FROM _cand_keys GROUP BY source, taxon_key HAVING count(*) > 1
+), best_keys AS (
+    SELECT c.*, false AS several FROM _cand_keys c
     WHERE NOT EXISTS (SELECT 1 FROM several m
                       WHERE m.source = c.source AND m.taxon_key = c.taxon_key)
     UNION ALL
-    (SELECT c.*, true FROM _cand c
+    (SELECT c.*, true FROM _cand_keys c
      WHERE EXISTS (SELECT 1 FROM several m
                    WHERE m.source = c.source AND m.taxon_key = c.taxon_key)
      QUALIFY dense_rank() OVER (PARTITION BY c.source, c.taxon_key
                                 ORDER BY c.level, c.pref) = 1)
-), marked AS (
+), best AS (
+    SELECT b.*, {_LINEAGE_COLUMNS} FROM best_keys b {_LINEAGE_JOIN}
+), marked AS MATERIALIZED (
     SELECT b.*, ({_bits("=")}) AS agree, ({_bits("<>")}) AS disagree,
            CASE b.status WHEN 'accepted' THEN 0 WHEN 'doubtful' THEN 1 ELSE 2 END AS prio,
            concat_ws('|', {", ".join(f"coalesce(b.{_q(r)}, '')" for r in HIGHER[:-1])})
                AS lineage
     FROM best b JOIN _taxa_query q ON q.source = b.source AND q.taxon_key = b.taxon_key
-)
-SELECT * EXCLUDE (several), bit_count(agree) - bit_count(disagree) AS score, 1::BIGINT AS rn
-FROM marked WHERE NOT several
-UNION ALL
-SELECT * EXCLUDE (several), bit_count(agree) - bit_count(disagree) AS score,
-       row_number() OVER (PARTITION BY source, taxon_key
-                          ORDER BY bit_count(agree) - bit_count(disagree) DESC, prio, distance,
-                                   target_id, taxon_id) AS rn
-FROM marked WHERE several
-"""
+), scored AS MATERIALIZED (
+    SELECT * EXCLUDE (several), bit_count(agree) - bit_count(disagree) AS score, 1::BIGINT AS rn
+    FROM marked WHERE NOT several
+    UNION ALL
+    SELECT * EXCLUDE (several), bit_count(agree) - bit_count(disagree) AS score,
+           row_number() OVER (PARTITION BY source, taxon_key
+                              ORDER BY bit_count(agree) - bit_count(disagree) DESC, prio,
+                                       distance, target_id, taxon_id) AS rn
+    FROM marked WHERE several
+)"""
 
 _CANDIDATE_STRUCT = (
     "struct_pack(authority := {a}.authority, taxon_id := {a}.target_id, "
@@ -379,12 +394,12 @@ _CANDIDATE_STRUCT = (
 _DECISIVE = " ".join(f"WHEN (d & {bit}) > 0 THEN '{r}'" for r, bit in RANK_BIT.items())
 _CHOICE_SQL = f"""
 CREATE OR REPLACE TEMP TABLE _choice AS
-WITH winner AS (SELECT * FROM _scored WHERE rn = 1),
+WITH {_SCORED_CTES}, winner AS (SELECT * FROM scored WHERE rn = 1),
 rivals AS (
     SELECT s.source, s.taxon_key, count(*) AS rivals, max(s.score) AS rival_score,
            arg_min(s.agree, s.rn) AS rival_agree, arg_min(s.disagree, s.rn) AS rival_disagree,
            list({_CANDIDATE_STRUCT.format(a="s")} ORDER BY s.rn) AS rival_list
-    FROM _scored s JOIN winner w ON w.source = s.source AND w.taxon_key = s.taxon_key
+    FROM scored s JOIN winner w ON w.source = s.source AND w.taxon_key = s.taxon_key
     WHERE s.rn > 1 AND s.lineage <> w.lineage
     GROUP BY s.source, s.taxon_key
 ), joined AS (
@@ -582,7 +597,20 @@ _CORE_SPEC = (
 )  # fmt: skip
 
 
+_TABLE_STATS_SQL = "SELECT source, status, method, count(*) FROM taxa_resolved GROUP BY ALL"
+# The same counts for the view: records counted per source taxon first, so the 10M-row join
+# and its strings are skipped (twice as fast).
+_VIEW_STATS_SQL = """
+WITH n AS (SELECT source, taxon_key, count(*) AS records FROM record_images GROUP BY ALL)
+SELECT n.source, coalesce(t.status, 'unresolved'), coalesce(t.method, 'none'),
+       sum(n.records)::BIGINT
+FROM n LEFT JOIN taxa_source_resolved t ON t.source = n.source AND t.taxon_key = n.taxon_key
+GROUP BY ALL
+"""
+
+
 # the stage ----------------------------------------------------------------------------------
+_TEMP_TABLES = ("_taxa_query", "_cand_keys", "_choice", "_vernacular", "_prefs")
 StepCallback = Callable[[str, int, int], None]
 
 
@@ -615,9 +643,18 @@ def _fill_prefs(con: duckdb.DuckDBPyConnection, options: ResolveOptions, loaded:
 
 
 def build_name_index(con: duckdb.DuckDBPyConnection, *, force: bool = False) -> bool:
-    """(Re)build `taxa_name_index` when the authorities or kingdom table changed since the
-    last build; returns whether it rebuilt. Synonym chains (A -> B -> C) are followed to
+    """(Re)build `taxa_name_index` when the authorities (or the index layout) changed since
+    the last build; returns whether it rebuilt. Synonym chains (A -> B -> C) are followed to
     their accepted end, at most 10 hops; a cycle or a dangling id leaves the name out."""
+    state_columns = [
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = 'taxa_name_index_state' "
+            "AND schema_name = 'main' AND database_name = current_database() ORDER BY column_index"
+        ).fetchall()
+    ]
+    if state_columns and state_columns[-1] != "layout":  # written by an older release
+        con.execute("DROP TABLE taxa_name_index_state")
     con.execute(_INDEX_STATE_SQL)
     state = con.execute("SELECT * FROM taxa_name_index_state ORDER BY authority").fetchall()
     fingerprint = con.execute(_FINGERPRINT_SQL).fetchall()
@@ -704,55 +741,74 @@ def resolve_taxa(
     step("prepare")
     install_name_macros(con)
     ensure_authority_tables(con)
-    # Dictionary compression without the per-segment analysis: writing 10M rows of a dozen
-    # string columns is the costliest step, and this makes it ~1.5x faster.
+    # No per-segment compression analysis (duckdb 2 has no plain dictionary method and
+    # stores these uncompressed): writing 10M rows of a dozen string columns is the costliest
+    # step, and the analysis (which picks dict_fsst) doubles it.
     compression = con.execute("SELECT current_setting('force_compression')").fetchall()[0][0]
     con.execute("SET force_compression = 'dictionary'")
-    con.begin()
     try:
-        load_kingdom_names(con)
-        loaded = _loaded_authorities(con)
-        unknown = sorted({a for order in options.prefer.values() for a in order if a not in loaded})
-        if unknown:
-            log.warning("authorities named in the options but not loaded: %s", unknown)
-        used = _fill_prefs(con, options, loaded)
         step("authority index")
-        build_name_index(con)
+        # A cache of the authorities alone, so it is committed on its own: the resolve below
+        # then does not carry 3M uncommitted rows in its transaction.
+        con.begin()
+        try:
+            build_name_index(con)
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
         step("normalise")
-        (duplicated,) = con.execute(
-            "SELECT count(*) - count(DISTINCT (source, taxon_key)) FROM source_taxa"
-        ).fetchall()[0]
-        source_taxa = _DEDUPED_SOURCE_TAXA if duplicated else "source_taxa"
-        con.execute(_QUERY_SQL.replace("{source_taxa}", source_taxa))
-        step("exact + synonym")
-        con.execute(_EXACT_SQL)
-        step("fuzzy")
-        if options.fuzzy_max_distance > 0:
-            con.execute(_FUZZY_SQL.replace("{max_distance}", str(options.fuzzy_max_distance)))
-        step("higher rank")
-        con.execute(_HIGHER_SQL)
-        step("homonyms")
-        con.execute(_SCORED_SQL)
-        con.execute(_CHOICE_SQL)
-        step("assemble")
-        con.execute(_VERNACULAR_SQL.format(language=sql_str(options.vernacular_language)))
-        con.execute(_RESOLVED_SQL)
-        step("conflicts")
-        con.execute(_CONFLICTS_SQL)
-        step("fan out")
-        _write_core_table(con, options.per_record)
-        for table in ("_taxa_query", "_cand", "_scored", "_choice", "_vernacular", "_prefs"):
-            con.execute(f"DROP TABLE IF EXISTS {table}")
-        con.commit()
-    except BaseException:
-        con.rollback()
-        raise
+        con.begin()
+        try:
+            used = _resolve_in_transaction(con, options, step)
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
     finally:
         con.execute(f"SET force_compression = {sql_str(compression or 'auto')}")
     seconds = step.stop()
     stats = resolve_stats(con, used, seconds=seconds, steps=step.seconds)
     log.info("resolved taxa: %s", stats.summary())
     return stats
+
+
+def _resolve_in_transaction(
+    con: duckdb.DuckDBPyConnection, options: ResolveOptions, step: _StepClock
+) -> list[str]:
+    """The steps from normalise to fan out, in the caller's transaction; returns the
+    authorities used."""
+    load_kingdom_names(con)
+    loaded = _loaded_authorities(con)
+    unknown = sorted({a for order in options.prefer.values() for a in order if a not in loaded})
+    if unknown:
+        log.warning("authorities named in the options but not loaded: %s", unknown)
+    used = _fill_prefs(con, options, loaded)
+    (duplicated,) = con.execute(
+        "SELECT count(*) - count(DISTINCT (source, taxon_key)) FROM source_taxa"
+    ).fetchall()[0]
+    source_taxa = _DEDUPED_SOURCE_TAXA if duplicated else "source_taxa"
+    con.execute(_QUERY_SQL.replace("{source_taxa}", source_taxa))
+    step("exact + synonym")
+    con.execute(_EXACT_SQL)
+    step("fuzzy")
+    if options.fuzzy_max_distance > 0:
+        con.execute(_FUZZY_SQL.replace("{max_distance}", str(options.fuzzy_max_distance)))
+    step("higher rank")
+    con.execute(_HIGHER_SQL)
+    step("homonyms")
+    con.execute(_CHOICE_SQL)
+    step("assemble")
+    con.execute(_VERNACULAR_SQL.format(language=sql_str(options.vernacular_language)))
+    con.execute(_RESOLVED_SQL)
+    step("conflicts")
+    con.execute(_CONFLICTS_SQL)
+    step("fan out")
+    # The fan out reads only record_images and taxa_source_resolved: free the rest first.
+    for table in _TEMP_TABLES:
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    _write_core_table(con, options.per_record)
+    return used
 
 
 def resolve_workspace(
@@ -773,9 +829,8 @@ def resolve_stats(
     steps: dict[str, float] | None = None,
 ) -> ResolveStats:
     """Counts over the current `taxa_resolved` (records) and `taxa_source_resolved` (taxa)."""
-    rows = con.execute(
-        "SELECT source, status, method, count(*) FROM taxa_resolved GROUP BY ALL"
-    ).fetchall()
+    query = _VIEW_STATS_SQL if _core_kind(con) == "VIEW" else _TABLE_STATS_SQL
+    rows = con.execute(query).fetchall()
     by_status: dict[str, int] = {}
     by_method: dict[str, int] = {}
     by_source: dict[str, dict[str, int]] = {}
