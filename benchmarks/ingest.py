@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import logging
 import os
 import platform
 import shutil
@@ -330,6 +331,7 @@ def tol_pull(paths: dict[str, Path], work_dir: Path, threads: int | None) -> dic
     downloads.mkdir(parents=True, exist_ok=True)
     for path in paths.values():
         _link_or_copy(path, downloads / path.name)
+    steps = _record_pull_steps()
     started = time.perf_counter()
     result = pull_source(workspace, manifest, HttpClient())
     seconds = time.perf_counter() - started
@@ -352,7 +354,24 @@ def tol_pull(paths: dict[str, Path], work_dir: Path, threads: int | None) -> dic
         "quarantine_reasons": [list(row) for row in reasons],
         "sha256_s": sha256_s,
         "db_mb": _mb(workspace.catalog_path),
+        "steps_s": steps,
     }
+
+
+def _record_pull_steps() -> dict[str, float]:
+    """Collect the step timings `tol pull` logs (INFO, `pull_step`), in order, into a dict."""
+    steps: dict[str, float] = {}
+
+    class StepTimes(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            step = getattr(record, "pull_step", None)
+            if step is not None:
+                steps[step] = steps.get(step, 0.0) + record.seconds
+
+    logger = logging.getLogger("treeoflife")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(StepTimes(logging.DEBUG))
+    return steps
 
 
 def pandas_read(paths: dict[str, Path], work_dir: Path, threads: int | None) -> dict:
@@ -554,6 +573,11 @@ def format_table(report: dict) -> str:
         f"sha256 of the 4 files {pull['sha256_s']:.1f} s (inside its time); "
         f"catalog {pull['db_mb']:,.0f} MB vs bare all-4 db {results[BASELINE]['db_mb']:,.0f} MB",
     ]
+    if pull.get("steps_s"):
+        lines.append(
+            "tol pull steps (s): "
+            + ", ".join(f"{step} {s:.1f}" for step, s in pull["steps_s"].items())
+        )
     lines += [
         f"  quarantine: {file}: {n:,} x {kind[:70]}" for file, kind, n in pull["quarantine_reasons"]
     ]

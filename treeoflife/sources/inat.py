@@ -10,12 +10,15 @@ from __future__ import annotations
 from treeoflife.licenses import register_license_map
 from treeoflife.sources.loading import (
     Check,
+    DelimitedRole,
     PullContext,
     duplicate_check,
     insert_records,
     load_tables,
     quarantine_failures,
     sql_str,
+    stage_tables,
+    timed_step,
 )
 from treeoflife.workspace import RANKS
 
@@ -47,16 +50,33 @@ TYPES = {
 }
 
 
+def stage_open_data(ctx: PullContext) -> None:
+    """Before the transaction: read the four dumps side by side (see `stage_tables`)."""
+    stage_tables(ctx, [DelimitedRole(role, "\t", False, types) for role, types in TYPES.items()])
+
+
 def load_open_data(ctx: PullContext) -> None:
     """Photos become records; taxa, observations and observers are joined in SQL."""
-    con = ctx.con
-    taxa = load_tables(ctx, "taxa", delim="\t", quoted=False, types=TYPES["taxa"])
-    observers = load_tables(ctx, "observers", delim="\t", quoted=False, types=TYPES["observers"])
-    observations = load_tables(
-        ctx, "observations", delim="\t", quoted=False, types=TYPES["observations"]
-    )
-    photos = load_tables(ctx, "photos", delim="\t", quoted=False, types=TYPES["photos"])
+    with timed_step(ctx.source, "raw tables"):
+        taxa, observers, observations, photos = (
+            load_tables(ctx, role, delim="\t", quoted=False, types=TYPES[role])
+            for role in ("taxa", "observers", "observations", "photos")
+        )
+    with timed_step(ctx.source, "checks"):
+        _check_rows(ctx, taxa, observers, observations, photos)
+    with timed_step(ctx.source, "taxa"):
+        _taxon_ranks(ctx, taxa)
+    with timed_step(ctx.source, "records"):
+        _insert_open_data_records(ctx, taxa, observers, photos)
+    with timed_step(ctx.source, "orphan check"):
+        _quarantine_orphan_photos(ctx, photos)
 
+
+def _check_rows(
+    ctx: PullContext, taxa: str, observers: str, observations: str, photos: str
+) -> None:
+    """Quarantine failing rows; `_valid_observations` and `_photos_failed` keep the verdicts."""
+    con = ctx.con
     quarantine_failures(ctx, taxa, [Check("t.taxon_id IS NULL", "'taxon_id is empty'")])
     quarantine_failures(ctx, observers, [Check("t.observer_id IS NULL", "'observer_id is empty'")])
     # An observation whose taxon is not in taxa.csv still yields records, with no ranks:
@@ -74,12 +94,15 @@ def load_open_data(ctx: PullContext) -> None:
         Check("t.photo_id IS NULL", "'photo_id is empty'"),
         duplicate_check(ctx, photos, "photo_id", "photo_id"),
     ]
-    photos_passed = quarantine_failures(ctx, photos, photo_checks)
-    con.execute(
+    quarantine_failures(ctx, photos, photo_checks)
+    con.execute(  # a copy: the orphan check may replace `_failed_<photos>`
         f"CREATE OR REPLACE TEMP TABLE _photos_failed AS SELECT failed_rowid FROM _failed_{photos}"
     )
 
-    con.execute(
+
+def _taxon_ranks(ctx: PullContext, taxa: str) -> None:
+    """`_taxon_ranks`: the 7 ranks of every observed taxon, from its ancestry."""
+    ctx.con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _taxon_ranks AS
         WITH paths AS (
@@ -92,6 +115,18 @@ def load_open_data(ctx: PullContext) -> None:
         FROM paths p JOIN {taxa} a ON a.taxon_id = p.id
         GROUP BY p.taxon_id
         """
+    )
+
+
+def _insert_open_data_records(ctx: PullContext, taxa: str, observers: str, photos: str) -> None:
+    """One record per photo that passed its checks and has a valid observation."""
+    con = ctx.con
+    # The rights holder once per observer (every row kept, so the join matches as before),
+    # not once per photo.
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _rights_holders AS SELECT observer_id, "
+        f"coalesce(nullif(nullif(trim(name), ''), 'None'), login) AS rights_holder "
+        f"FROM {observers}"
     )
     register_license_map(con, photos, "license", "4.0", "_licenses")
     size = ctx.option("photo_size", "medium")
@@ -112,17 +147,16 @@ def load_open_data(ctx: PullContext) -> None:
                t.observation_uuid::VARCHAR AS group_id,
                {sql_str(base)} || t.photo_id || '/' || {sql_str(size)} || '.' || t.extension AS url,
                l.license, t.license AS license_raw,
-               coalesce(nullif(nullif(trim(w.name), ''), 'None'), w.login) AS rights_holder,
+               w.rights_holder,
                o.taxon_id::VARCHAR AS taxon_key, t.width, t.height, t._file AS source_file
         FROM {photos} t
         JOIN _valid_observations o ON o.observation_uuid = t.observation_uuid
-        LEFT JOIN {observers} w ON w.observer_id = t.observer_id
+        LEFT JOIN _rights_holders w ON w.observer_id = t.observer_id
         LEFT JOIN _licenses l ON l.raw IS NOT DISTINCT FROM t.license
-        WHERE {photos_passed}
+        WHERE t.rowid NOT IN (SELECT failed_rowid FROM _photos_failed)
         """,
         taxa_sql,
     )
-    _quarantine_orphan_photos(ctx, photos)
 
 
 def _quarantine_orphan_photos(ctx: PullContext, photos: str) -> None:
