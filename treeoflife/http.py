@@ -162,6 +162,28 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
+def retryable_status(status: int) -> bool:
+    """Whether an HTTP error status is worth another attempt: timeouts, rate limits and
+    server errors are transient; other client errors are permanent."""
+    return status in (408, 429) or status >= 500
+
+
+def status_retry_after_s(status: int, header: str | None) -> float | None:
+    """The Retry-After to honour for this status (only 429 and 503 carry a meaningful one)."""
+    return parse_retry_after(header) if status in (429, 503) else None
+
+
+def backoff_delay_s(
+    policy: HttpPolicy, failed_attempt: int, retry_after_s: float | None, rng: random.Random
+) -> float:
+    """Seconds to wait before the next attempt: the server's Retry-After (capped) when it
+    gave one, else exponential backoff with full jitter (spreads clients that failed together)."""
+    if retry_after_s is not None:
+        return min(retry_after_s, policy.max_retry_after_s)
+    cap = min(policy.backoff_max_s, policy.backoff_base_s * 2 ** (failed_attempt - 1))
+    return rng.uniform(0.0, cap) if policy.jitter else cap
+
+
 def _content_range(value: str | None) -> tuple[int | None, int | None]:
     """(first byte, total) from `bytes 100-199/2000` or `bytes */2000`; None where unknown."""
     if not value or not value.startswith("bytes "):
@@ -386,9 +408,9 @@ class HttpClient:
             return
         response.close()
         reason = f"HTTP {status} {response.reason}".rstrip()
-        if status in (408, 429) or status >= 500:
-            after = parse_retry_after(response.headers.get("Retry-After"))
-            raise _Retryable(reason, after if status in (429, 503) else None)
+        if retryable_status(status):
+            after = status_retry_after_s(status, response.headers.get("Retry-After"))
+            raise _Retryable(reason, after)
         raise DownloadError(
             f"GET {url} answered {reason}; not retried (client errors are permanent). "
             "Check the URL, the mirror, or whether the file was removed upstream."
@@ -420,10 +442,7 @@ class HttpClient:
         raise AssertionError("unreachable")
 
     def _delay_s(self, failed_attempt: int, retry_after_s: float | None) -> float:
-        if retry_after_s is not None:
-            return min(retry_after_s, self.policy.max_retry_after_s)
-        cap = min(self.policy.backoff_max_s, self.policy.backoff_base_s * 2 ** (failed_attempt - 1))
-        return self._rng.uniform(0.0, cap) if self.policy.jitter else cap
+        return backoff_delay_s(self.policy, failed_attempt, retry_after_s, self._rng)
 
     def _limits(self, url: str) -> _HostLimits:
         host = (urlsplit(url).netloc or url).lower()

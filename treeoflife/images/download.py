@@ -27,7 +27,13 @@ import urllib3
 from urllib3.util import Retry, Timeout, make_headers
 
 from treeoflife.errors import DownloadError
-from treeoflife.http import HttpClient, mirror_url
+from treeoflife.http import (
+    HttpClient,
+    backoff_delay_s,
+    mirror_url,
+    retryable_status,
+    status_retry_after_s,
+)
 
 if TYPE_CHECKING:
     from treeoflife.images.fetch import FetchConfig
@@ -185,7 +191,7 @@ def _classify(error: DownloadError) -> tuple[str, bool, float | None]:
     match = _HTTP_STATUS.search(text)
     if match:
         code = int(match.group(1))
-        return f"http-{code}", code in (408, 429) or code >= 500, retry_after
+        return f"http-{code}", retryable_status(code), retry_after
     if cause is None:
         return "bad-url", False, None
     if "timeout" in text.lower() or "timed out" in text.lower():
@@ -195,11 +201,7 @@ def _classify(error: DownloadError) -> tuple[str, bool, float | None]:
 
 def _status_outcome(code: int, retry_after_header: str | None) -> Attempt:
     """An HTTP error status as the shared client reports it (`_classify` of its error)."""
-    from treeoflife.http import parse_retry_after  # the client's own Retry-After parsing
-
-    retryable = code in (408, 429) or code >= 500
-    after = parse_retry_after(retry_after_header) if code in (429, 503) else None
-    return f"http-{code}", retryable, after
+    return f"http-{code}", retryable_status(code), status_retry_after_s(code, retry_after_header)
 
 
 def _network_outcome(error: BaseException) -> Attempt:
@@ -330,11 +332,7 @@ class UrlFetcher:
                 )
             if not retryable or attempt > policy.retries:
                 return Fetched(status="failed", reason=reason)
-            if retry_after is not None:
-                delay = min(retry_after, policy.max_retry_after_s)
-            else:
-                cap = min(policy.backoff_max_s, policy.backoff_base_s * 2 ** (attempt - 1))
-                delay = self._rng.uniform(0.0, cap) if policy.jitter else cap
+            delay = backoff_delay_s(policy, attempt, retry_after, self._rng)
             if time.monotonic() + delay >= deadline:
                 return Fetched(status="failed", reason=reason)
             time.sleep(delay)
