@@ -186,13 +186,25 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
         )
 
 
+def table_names(con: duckdb.DuckDBPyConnection, catalog: str | None = None) -> set[str]:
+    """Tables and views of a catalog's main schema (default: the connection's own). Stage
+    tables appear when a stage first runs, and some (`records`, `taxa_resolved`) are views."""
+    rows = con.execute(
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_catalog = coalesce(?, current_database()) AND table_schema = 'main'",
+        [catalog],
+    ).fetchall()
+    return {name for (name,) in rows}
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, table: str, catalog: str | None = None) -> bool:
+    return table in table_names(con, catalog)
+
+
 def status(con: duckdb.DuckDBPyConnection) -> dict:
     """Per-stage completion and row counts, as `tol status --json` prints them."""
     stages: dict[str, dict] = {}
-    present = {
-        name
-        for (name,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
-    }
+    present = table_names(con)
     for stage, table in STAGE_TABLES:
         # A stage's own tables appear when it first runs; before that it is simply not done.
         rows = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] if table in present else 0

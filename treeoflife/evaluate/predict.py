@@ -31,7 +31,7 @@ from treeoflife.evaluate.checkpoints import (
 from treeoflife.evaluate.tasks import TaxonLabel, class_texts, encode_images, normalise_ranks
 from treeoflife.evaluate.templates import TEMPLATE_SETS
 from treeoflife.evaluate.zeroshot import class_embeddings, logit_scale
-from treeoflife.workspace import RANKS
+from treeoflife.workspace import RANKS, table_names
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,7 @@ def load_taxa(source: Path) -> list[TaxonLabel]:
                     f"{source}: neither a workspace (catalog.duckdb) nor a release folder"
                 )
             con.execute(f"ATTACH '{catalog}' AS ws (READ_ONLY)")
-            tables = {
-                r[0]
-                for r in con.execute(
-                    "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'ws'"
-                ).fetchall()
-            }
+            tables = table_names(con, "ws")
             rows = []
             if "taxa_resolved" in tables:
                 rows = con.execute(_distinct_taxa_sql("ws.taxa_resolved", "common")).fetchall()

@@ -16,6 +16,7 @@ import duckdb
 
 from treeoflife.errors import TolError
 from treeoflife.shards import licenses_policy, splits, text
+from treeoflife.workspace import table_exists
 
 # The published TreeOfLife-10M catalog.csv columns, in order (docs/release.md).
 CATALOG_CSV_COLUMNS = (
@@ -90,14 +91,6 @@ class PlanOptions:
     min_shards: int = 8
 
 
-def _table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return bool(
-        con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
-        ).fetchall()[0][0]
-    )
-
-
 def _source_columns_sql(con: duckdb.DuckDBPyConnection) -> tuple[str, str]:
     """(select list, joins) for the TreeOfLife-10M source columns.
 
@@ -105,14 +98,14 @@ def _source_columns_sql(con: duckdb.DuckDBPyConnection) -> tuple[str, str]:
     else from the record itself (source_taxon_id, the archive member path).
     """
     joins, page, part, bioscan_file = [], "r.source_taxon_id", "NULL", "NULL"
-    if _table_exists(con, "raw_eol__media_manifest"):
+    if table_exists(con, "raw_eol__media_manifest"):
         joins.append(
             'LEFT JOIN (SELECT "EOL content ID"::VARCHAR AS content_id, '
             'any_value("EOL page ID")::VARCHAR AS page_id FROM raw_eol__media_manifest '
             "GROUP BY 1) eolm ON r.source = 'eol' AND eolm.content_id = r.source_id"
         )
         page = "coalesce(eolm.page_id, r.source_taxon_id)"
-    if _table_exists(con, "raw_bioscan_1m__metadata"):
+    if table_exists(con, "raw_bioscan_1m__metadata"):
         joins.append(
             "LEFT JOIN (SELECT sampleid, any_value(chunk_number) AS part, "
             "any_value(image_file) AS image_file FROM raw_bioscan_1m__metadata GROUP BY 1) "

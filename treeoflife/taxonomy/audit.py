@@ -16,7 +16,7 @@ import duckdb
 from rich.console import Console
 from rich.table import Table
 
-from treeoflife.workspace import RANKS, Workspace
+from treeoflife.workspace import RANKS, Workspace, table_exists
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +67,6 @@ def sql_clean(expr: str) -> str:
     return f"nullif(trim({expr}), '')"
 
 
-def table_exists(con: duckdb.DuckDBPyConnection, db: str, table: str) -> bool:
-    rows = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_catalog = ? "
-        "AND table_schema = 'main' AND table_name = ?",
-        [db, table],
-    ).fetchall()
-    return rows[0][0] > 0
-
-
 def _columns(con: duckdb.DuckDBPyConnection, db: str, table: str) -> list[str]:
     rows = con.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_catalog = ? "
@@ -112,7 +103,7 @@ def build_audit_records(con: duckdb.DuckDBPyConnection, db: str, table: str) -> 
     Returns the basis ('resolved' or 'source'). A record without a taxa_resolved row keeps
     null ranks and status 'not-run', so a stale resolution shows instead of hiding.
     """
-    has_resolved = table_exists(con, db, "taxa_resolved") and (
+    has_resolved = table_exists(con, "taxa_resolved", db) and (
         _scalar(con, f"SELECT count(*) FROM {db}.taxa_resolved") > 0
     )
     # The name a person would search for: the source's name, else its deepest rank.
@@ -285,7 +276,7 @@ def _conflicts(con: duckdb.DuckDBPyConnection, db: str) -> dict:
 
     A row is one conflicting rank of one source taxon (or record); its `records` column,
     when present, says how many images it touches."""
-    if not table_exists(con, db, "taxa_conflicts"):
+    if not table_exists(con, "taxa_conflicts", db):
         return {"available": False, "rows": 0, "records": 0}
     columns = _columns(con, db, "taxa_conflicts")
     touched = "sum(records)" if "records" in columns else "count(*)"
@@ -411,7 +402,7 @@ def _misspellings(con: duckdb.DuckDBPyConnection, db: str, table: str) -> dict:
 
 def _authority_names(con: duckdb.DuckDBPyConnection, db: str) -> set[str] | None:
     """Accepted canonical names of the suspects, when authorities are loaded (else None)."""
-    if not table_exists(con, db, "authority_taxa"):
+    if not table_exists(con, "authority_taxa", db):
         return None
     if _scalar(con, f"SELECT count(*) FROM {db}.authority_taxa") == 0:
         return None
@@ -561,7 +552,7 @@ def audit_catalog(con: duckdb.DuckDBPyConnection, *, compare: Path | None = None
         compared = compare_catalogs(con, table, Path(compare))
     resolved_rows = (
         _scalar(con, f"SELECT count(*) FROM {db}.taxa_resolved")
-        if (table_exists(con, db, "taxa_resolved"))
+        if (table_exists(con, "taxa_resolved", db))
         else 0
     )
     details_sql = _details_sql(con, db) if basis == "resolved" else None

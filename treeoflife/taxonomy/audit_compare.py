@@ -18,9 +18,8 @@ from treeoflife.taxonomy.audit import (
     fetch_dicts,
     sql_clean,
     sql_ident,
-    table_exists,
 )
-from treeoflife.workspace import RANKS
+from treeoflife.workspace import RANKS, table_exists
 
 
 def _load_other(con: duckdb.DuckDBPyConnection, other: Path, table: str) -> dict:
@@ -39,7 +38,7 @@ def _load_other(con: duckdb.DuckDBPyConnection, other: Path, table: str) -> dict
         except duckdb.Error as exc:
             raise TolError(f"--compare {catalog}: cannot open it ({exc})") from exc
         try:
-            if not table_exists(con, "tol_compare", "record_images"):
+            if not table_exists(con, "record_images", "tol_compare"):
                 raise TolError(f"--compare {catalog}: not a treeoflife catalog (no records)")
             basis = build_audit_records(con, "tol_compare", table)
         finally:
