@@ -232,6 +232,8 @@ def first_val_image(release_dir: Path, out_dir: Path) -> tuple[Path, str]:
 
 
 def species_name(taxonomy: dict) -> str:
-    """`Genus epithet`, as predictions name taxa (the species rank may hold either form)."""
-    genus, species = taxonomy["genus"], taxonomy["species"]
-    return species if species.startswith(f"{genus} ") else f"{genus} {species}"
+    """The sample's scientific name by the rule predictions name taxa with."""
+    from treeoflife.evaluate.tasks import TaxonLabel
+    from treeoflife.workspace import RANKS
+
+    return TaxonLabel(name="", ranks=tuple(taxonomy.get(r) or "" for r in RANKS)).scientific
