@@ -18,10 +18,8 @@ from treeoflife.errors import TolError
 from treeoflife.shards import licenses_policy, splits, text
 from treeoflife.workspace import table_exists
 
-# The published TreeOfLife-10M catalog.csv columns, in order (docs/release.md).
-CATALOG_CSV_COLUMNS = (
-    "split",
-    "treeoflife_id",
+# The source-id columns of the published catalog, in order; each sample's json repeats them.
+SOURCE_ID_FIELDS = (
     "eol_content_id",
     "eol_page_id",
     "bioscan_part",
@@ -29,15 +27,9 @@ CATALOG_CSV_COLUMNS = (
     "inat21_filename",
     "inat21_cls_name",
     "inat21_cls_num",
-    "kingdom",
-    "phylum",
-    "class",
-    "order",
-    "family",
-    "genus",
-    "species",
-    "common",
 )
+# The published TreeOfLife-10M catalog.csv columns, in order (docs/release.md).
+CATALOG_CSV_COLUMNS = ("split", "treeoflife_id", *SOURCE_ID_FIELDS, *text.RANKS, "common")
 # catalog.parquet adds these after the published columns.
 CATALOG_PARQUET_EXTRA = (
     "hosted",

@@ -26,23 +26,13 @@ from PIL import Image
 
 from treeoflife.errors import TolError
 from treeoflife.shards import text
-from treeoflife.shards.catalog import unit_fingerprints_sql
+from treeoflife.shards.catalog import SOURCE_ID_FIELDS, unit_fingerprints_sql
 
 WRITER_VERSION = "treeoflife-shard-writer/1"
 TAR_MTIME = 1_577_836_800  # 2020-01-01: fixed, so equal inputs give byte-identical tars
 TAR_MODE = 0o444
 JPEG_MAGIC = b"\xff\xd8\xff"
 TMP_MARK = ".partial-"
-
-SOURCE_ID_FIELDS = (
-    "eol_content_id",
-    "eol_page_id",
-    "bioscan_part",
-    "bioscan_filename",
-    "inat21_filename",
-    "inat21_cls_name",
-    "inat21_cls_num",
-)
 
 # Columns a unit needs, in this order (also what its fingerprint covers).
 UNIT_COLUMNS = (
