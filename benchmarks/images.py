@@ -143,6 +143,8 @@ def run_img2dataset(binary: Path, urls: list[str], work: Path, processes: int, t
         "--output_format=webdataset",
         "--resize_mode=center_crop",
         "--image_size=224",
+        "--downscale_interpolation=area",  # its defaults, as tol's `--resample auto`
+        "--upscale_interpolation=lanczos",
         "--encode_quality=95",
         f"--processes_count={processes}",
         f"--thread_count={threads}",
@@ -218,7 +220,7 @@ def ceilings(paths: list[Path]) -> dict[str, float]:
         image = image.convert("RGB")
         side = min(image.size)
         left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.resize((224, 224), Image.BICUBIC, box=(left, top, left + side, top + side))
+        image = image.resize((224, 224), Image.BOX, box=(left, top, left + side, top + side))
         image.save(io.BytesIO(), "JPEG", quality=95)
 
     rate("PIL full decode", full_decode)

@@ -132,7 +132,11 @@ def _fetch(workspace: Workspace, pipeline, mirror: str, console: Console) -> Non
 
     _stage(console, "tol images fetch: download, verify, hash, resize")
     options = pipeline.stages.get("images", {})
-    spec = ResizeSpec(mode=options.get("resize", "center-crop"), size=options.get("size", 224))
+    spec = ResizeSpec(
+        mode=options.get("resize", "center-crop"),
+        size=options.get("size", 224),
+        resample=options.get("resample", "auto"),
+    )
     with fetch_progress(console) as progress:
         stats = fetch_images(
             workspace, spec, mirror=mirror, client_policy=DEMO_POLICY, workers=2, progress=progress

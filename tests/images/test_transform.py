@@ -24,6 +24,7 @@ from treeoflife.images.transform import (
     decode_image,
     process_batch,
     process_image,
+    resize,
 )
 from treeoflife.sample import SAMPLE_FILES
 from treeoflife.sample.images import HTML_ERROR_PAGE
@@ -250,6 +251,42 @@ def test_rejection_pickles_with_its_reason():
 def test_bad_spec_is_a_tol_error():
     with pytest.raises(TolError, match="resize mode"):
         ResizeSpec(mode="squash")
+    with pytest.raises(TolError, match="resample 'nearest'"):
+        ResizeSpec(resample="nearest")
+
+
+@pytest.mark.parametrize(
+    "mode, resample, source_size, want_filter",
+    [
+        ("center-crop", "auto", (400, 300), Image.Resampling.BOX),  # shrink: area
+        ("center-crop", "auto", (150, 100), Image.Resampling.LANCZOS),  # enlarge
+        ("keep-ratio", "auto", (400, 300), Image.Resampling.BOX),
+        ("bioclip", "auto", (400, 300), Image.Resampling.BICUBIC),  # BioCLIP's resize
+        ("bioclip", "auto", (150, 100), Image.Resampling.BICUBIC),
+        ("center-crop", "lanczos", (400, 300), Image.Resampling.LANCZOS),
+        ("keep-ratio", "bicubic", (400, 300), Image.Resampling.BICUBIC),
+        ("bioclip", "area", (400, 300), Image.Resampling.BOX),
+    ],
+)
+def test_resize_uses_the_named_filter(mode, resample, source_size, want_filter):
+    # The stored pixels must be exactly Pillow's resize with the filter the spec names.
+    rng = np.random.default_rng(5)
+    width, height = source_size
+    image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
+    spec = ResizeSpec(mode=mode, size=224, resample=resample)
+    got = resize(image, spec)
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    target = {"center-crop": (224, 224), "bioclip": (224, 224), "keep-ratio": (224, 168)}[mode]
+    box = (left, top, left + side, top + side) if mode == "center-crop" else None
+    want = image.resize(target, want_filter, box=box, reducing_gap=1.0)
+    assert got.size == target
+    assert np.array_equal(np.asarray(got), np.asarray(want))
+    others = [f for f in Image.Resampling if f not in (want_filter, Image.Resampling.NEAREST)]
+    assert all(  # and it is told apart from the other filters
+        not np.array_equal(np.asarray(got), np.asarray(image.resize(target, f, box=box)))
+        for f in others
+    )
 
 
 def test_batch_keeps_order_and_reports_failures_in_place():
@@ -282,6 +319,29 @@ def test_fast_mode_is_close_to_exact_on_big_jpegs():
         assert (fast.out_width, fast.out_height) == (224, 224)
         assert hamming(fast.phash, exact.phash) <= 6
         assert fast.sha256 == exact.sha256
+
+
+def test_fast_mode_hashes_every_format_from_pillows_reduced_view():
+    # A PNG cannot be drafted: fast mode still hashes it reduce-then-Lanczos (Pillow's
+    # reducing_gap=2 on the grey picture), close to the exact hash but not taken from it.
+    png = encode(picture((900, 700)), "PNG")
+    exact = process_image(png, ResizeSpec())
+    fast = process_image(png, ResizeSpec(fast_hash=True))
+    grey = decode_image(png).convert("L")
+    want = grey.resize((32, 32), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    assert fast.phash == str(imagehash.ImageHash(_phash_bits(np.asarray(want))))
+    assert exact.phash == str(imagehash.phash(decode_image(png)))
+    assert hamming(fast.phash, exact.phash) <= 6
+    assert fast.jpeg == exact.jpeg  # only the hash input differs; the stored pixels do not
+
+
+def _phash_bits(thumbnail: np.ndarray) -> np.ndarray:
+    """imagehash.phash's arithmetic on a 32×32 thumbnail (2-D DCT, 8×8, > median)."""
+    import scipy.fftpack
+
+    dct = scipy.fftpack.dct(scipy.fftpack.dct(thumbnail.astype(float), axis=0), axis=1)
+    low = dct[:8, :8]
+    return low > np.median(low)
 
 
 def test_mangled_files_are_rejected_never_raised_otherwise():

@@ -32,6 +32,13 @@ class ResizeMode(StrEnum):
     none = "none"
 
 
+class Resample(StrEnum):
+    auto = "auto"
+    area = "area"
+    bicubic = "bicubic"
+    lanczos = "lanczos"
+
+
 class EngineName(StrEnum):
     local = "local"
     ray = "ray"
@@ -104,6 +111,13 @@ def fetch(
     ] = ResizeMode.center_crop,
     size: Annotated[int, typer.Option(help="Output size in pixels for --resize.")] = 224,
     jpeg_quality: Annotated[int, typer.Option(help="Quality of the stored JPEGs.")] = 95,
+    resample: Annotated[
+        Resample,
+        typer.Option(
+            help="Resize filter. auto: bicubic for bioclip (BioCLIP's); otherwise area when "
+            "shrinking, Lanczos when enlarging (img2dataset's defaults)."
+        ),
+    ] = Resample.auto,
     fast_hash: Annotated[
         bool,
         typer.Option(help="Hash from a draft-mode decode (faster, a few bits may differ)."),
@@ -168,7 +182,11 @@ def fetch(
         if not ws.exists():
             raise TolError(f"no workspace at {workspace}; run `tol pull` first")
         spec = ResizeSpec(
-            mode=resize.value, size=size, jpeg_quality=jpeg_quality, fast_hash=fast_hash
+            mode=resize.value,
+            size=size,
+            jpeg_quality=jpeg_quality,
+            fast_hash=fast_hash,
+            resample=resample.value,
         )
         policy = HttpPolicy(
             retries=retries,

@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 ROBOTS_DIRECTIVES = ("noai", "noimageai")
 ROBOTS_AGENT = "treeoflife"
 MAX_REDIRECTS = 30  # requests' default
-CHUNK_BYTES = 32 << 10
+# Body reads of up to 256 KB: a typical photo arrives in one or two reads. With 32 KB reads
+# the per-read Python overhead cost ~0.4 ms of CPU per 100 KB image (benchmarks/images.py).
+CHUNK_BYTES = 256 << 10
 
 
 # ---------------------------------------------------------------------------------------
