@@ -169,7 +169,7 @@ def tol_workspace(template: Path, count: int) -> None:
     workspace = Workspace(template).init()
     with workspace.connect() as con:
         con.execute(
-            """INSERT INTO record_images (source, source_id, url)
+            """INSERT INTO record_rows (source, source_id, url)
                SELECT 'bench', lpad(i::VARCHAR, 6, '0'),
                       'https://bench.test/img/' || lpad(i::VARCHAR, 6, '0') || '.jpg'
                FROM range(?) t(i)""",

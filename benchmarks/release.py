@@ -67,7 +67,7 @@ def build_workspace(root: Path, records: int) -> Workspace:
     del staging
     with workspace.connect() as con:
         con.execute(
-            f"""INSERT INTO record_images (source, source_id, group_id, url, license,
+            f"""INSERT INTO record_rows (source, source_id, group_id, url, license,
                                          rights_holder, taxon_key)
                 SELECT 'eol', (1000000 + i)::VARCHAR, 'eol:' || (1000000 + i)::VARCHAR,
                        'https://content.eol.org/data/media/' || i || '.jpg',

@@ -2,7 +2,7 @@
 against a bare DuckDB join of the records' normalised names to the backbone's, same run.
 
 The backbone (GBIF-shaped `authority_taxa`: kingdoms to species, ~13% synonyms, some genus
-homonyms across kingdoms, vernaculars) and the catalog (`source_taxa` + `record_images`,
+homonyms across kingdoms, vernaculars) and the catalog (`source_taxa` + `record_rows`,
 Zipf-like images per taxon; exact names, authorship strings, lower case, HTML, synonyms,
 misspellings, genus-only and `sp.` names, homonym genera with and without family, unknown
 names, Metazoa/Viridiplantae kingdoms) are generated in SQL into a fresh workspace.
@@ -183,7 +183,7 @@ def build_catalog(con: duckdb.DuckDBPyConnection, taxa: int, records: int) -> No
     JOIN _syn_pool y ON y.k = p.h % {n_syn}
     JOIN _genus_pool g ON g.k = p.h % {n_gen}
     ;
-    INSERT INTO record_images (source, source_id, taxon_key)
+    INSERT INTO record_rows (source, source_id, taxon_key)
     SELECT ['inat21', 'inat-open-data', 'eol'][t % 3 + 1], 'r' || i, 't' || t
     FROM (SELECT i, least({taxa} - 1, floor({taxa} * power((hash(i) % 1000003) / 1000003.0,
                                                            2.2)))::BIGINT AS t

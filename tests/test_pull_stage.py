@@ -131,7 +131,7 @@ def test_a_failing_ingest_rolls_back_to_the_previous_state(
     before = _counts(fresh_workspace)
 
     def dies_midway(ctx):
-        ctx.con.execute("DELETE FROM record_images")
+        ctx.con.execute("DELETE FROM record_rows")
         raise KeyboardInterrupt  # as if the user hit Ctrl-C in the middle of the ingest
 
     monkeypatch.setitem(sources.LOADERS, "bioscan-1m", dies_midway)

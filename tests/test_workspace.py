@@ -1,5 +1,6 @@
 import json
 
+import duckdb
 import pytest
 from typer.testing import CliRunner
 
@@ -56,3 +57,42 @@ def test_cli_init_and_status_json(tmp_path):
     assert result.exit_code == 1
     assert "tol init" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_version_1_catalog_is_migrated_with_its_records(tmp_path):
+    """v1 stored `record_images` as a table; v2 keeps its rows in `record_rows` and reads
+    them through the `record_images` view, ids unchanged."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    con = duckdb.connect(str(root / "catalog.duckdb"))
+    con.execute(
+        """
+        CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE record_images (
+            record_id VARCHAR GENERATED ALWAYS AS (source || ':' || source_id) VIRTUAL,
+            source VARCHAR NOT NULL, source_id VARCHAR NOT NULL, source_version VARCHAR,
+            group_id VARCHAR, url VARCHAR, archive VARCHAR, member VARCHAR, license VARCHAR,
+            license_raw VARCHAR, rights_holder VARCHAR, taxon_key VARCHAR, width INTEGER,
+            height INTEGER, source_file VARCHAR
+        );
+        INSERT INTO record_images (source, source_id, group_id, url, rights_holder, taxon_key)
+        VALUES ('eol', '12', 'g1', 'https://x/12.jpg', 'Ann', 't9');
+        CREATE VIEW records AS SELECT * FROM record_images;
+        """
+    )
+    con.close()
+    ws = Workspace(root)
+    with ws.connect() as con:
+        rows = con.execute(
+            "SELECT record_id, source_id, group_id, url, rights_holder, taxon_key "
+            "FROM record_images"
+        ).fetchall()
+        version = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        con.execute("INSERT INTO record_rows (source, source_num) VALUES ('inat-open-data', 7)")
+        added = con.execute(
+            "SELECT record_id FROM records WHERE source = 'inat-open-data'"
+        ).fetchall()
+    assert rows == [("eol:12", "12", "g1", "https://x/12.jpg", "Ann", "t9")]
+    assert version == (str(SCHEMA_VERSION),)
+    assert added == [("inat-open-data:7",)]

@@ -135,13 +135,14 @@ def _ingest(
     con, manifest, files = context.con, context.manifest, context.files
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute("DELETE FROM record_images WHERE source = ?", [manifest.name])
+        con.execute("DELETE FROM record_rows WHERE source = ?", [manifest.name])
+        con.execute("DELETE FROM rights_holders WHERE source = ?", [manifest.name])
         con.execute("DELETE FROM source_taxa WHERE source = ?", [manifest.name])
         con.execute("DELETE FROM quarantine WHERE source = ?", [manifest.name])
         con.execute("DROP TABLE IF EXISTS _rejected_lines")
         loader(context)
         records = con.execute(
-            "SELECT count(*) FROM record_images WHERE source = ?", [manifest.name]
+            "SELECT count(*) FROM record_rows WHERE source = ?", [manifest.name]
         ).fetchone()[0]
         quarantined = con.execute(
             "SELECT count(*) FROM quarantine WHERE source = ?", [manifest.name]

@@ -16,7 +16,7 @@ import duckdb
 
 from treeoflife.errors import TolError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_WORKSPACE = Path("tol-workspace")
 DEFAULT_MEMORY_LIMIT = "1GB"
 SUBDIRS = ("downloads", "staging", "release", "reports", "runs", "tmp")
@@ -28,27 +28,53 @@ _RANK_SELECT = ", ".join(f't."{rank}"' for rank in RANKS)
 # Core tables shared by all stages (docs/architecture.md). Stages may add their own.
 SCHEMA_SQL = f"""
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
--- One row per source image. Taxon-level fields live once per source taxon in
+-- One row per source image, as stored. Taxon-level fields live once per source taxon in
 -- `source_taxa`; the `records` view joins them back (10M images share ~450K taxa, so
 -- the catalog stores and writes the names once, and the taxonomy stage resolves taxa).
-CREATE TABLE IF NOT EXISTS record_images (
-    record_id VARCHAR GENERATED ALWAYS AS (source || ':' || source_id) VIRTUAL,
-                                     -- '<source>:<source_id>', stable; computed, not stored
+-- Big sources store ids, uuids, URLs and rights holders typed (the `*_num`, `*_uuid`,
+-- `url_base`/`url_tail` and `holder_num` columns): DuckDB writes a unique string column
+-- about 3x slower than an integer one, and the `record_images` view gives every reader the
+-- one text form either way. Other sources fill the text columns.
+CREATE TABLE IF NOT EXISTS record_rows (
     source VARCHAR NOT NULL,         -- the `tol pull` name
-    source_id VARCHAR NOT NULL,
+    source_id VARCHAR,               -- the source's image id as text, or:
+    source_num BIGINT,               -- the id when it is an integer (iNat photo ids)
     source_version VARCHAR,
-    group_id VARCHAR,                -- observation / specimen: one split per group
-    url VARCHAR,                     -- canonical public URL of the image, if fetched by URL
+    group_id VARCHAR,                -- observation / specimen: one split per group, or:
+    group_uuid UUID,                 -- the group when it is a uuid (iNat observations)
+    url VARCHAR,                     -- canonical public URL of the image, if fetched by URL,
+    url_base VARCHAR,                -- or url_base || source_num || url_tail
+    url_tail VARCHAR,
     archive VARCHAR,                 -- manifest role of the image archive, if read from one
     member VARCHAR,                  -- member path inside that archive
     license VARCHAR,                 -- canonical licence id (treeoflife.licenses)
     license_raw VARCHAR,
-    rights_holder VARCHAR,
-    taxon_key VARCHAR,               -- -> source_taxa (source, taxon_key)
+    rights_holder VARCHAR,           -- the holder as text, or:
+    holder_num BIGINT,               -- -> rights_holders (source, holder_num)
+    taxon_key VARCHAR,               -- -> source_taxa (source, taxon_key), or:
+    taxon_num BIGINT,                -- the taxon key when it is an integer
     width INTEGER,
     height INTEGER,
-    source_file VARCHAR
+    source_file VARCHAR,
+    CHECK (source_id IS NOT NULL OR source_num IS NOT NULL)
 );
+-- One name per (source, holder_num); written without repeats by the loaders.
+CREATE TABLE IF NOT EXISTS rights_holders (
+    source VARCHAR NOT NULL, holder_num BIGINT NOT NULL, rights_holder VARCHAR
+);
+-- Every stage reads images through this view: one text form per column, whatever the
+-- storage. record_id = '<source>:<source_id>', stable.
+CREATE OR REPLACE VIEW record_images AS
+SELECT r.source || ':' || coalesce(r.source_id, r.source_num::VARCHAR) AS record_id,
+       r.source, coalesce(r.source_id, r.source_num::VARCHAR) AS source_id, r.source_version,
+       coalesce(r.group_id, r.group_uuid::VARCHAR) AS group_id,
+       coalesce(r.url, r.url_base || r.source_num::VARCHAR || r.url_tail) AS url,
+       r.archive, r.member, r.license, r.license_raw,
+       coalesce(r.rights_holder, h.rights_holder) AS rights_holder,
+       coalesce(r.taxon_key, r.taxon_num::VARCHAR) AS taxon_key,
+       r.width, r.height, r.source_file
+FROM record_rows r
+LEFT JOIN rights_holders h ON h.source = r.source AND h.holder_num = r.holder_num;
 CREATE TABLE IF NOT EXISTS source_taxa (
     source VARCHAR NOT NULL,
     taxon_key VARCHAR NOT NULL,      -- the source's taxon id, or a digest of its names
@@ -168,22 +194,49 @@ class Workspace:
             con.close()
 
 
+# What turns a catalog of version N-1 into version N, before SCHEMA_SQL adds what is new.
+MIGRATIONS = {
+    # v2: `record_images` becomes a view over `record_rows`, which gains typed columns.
+    2: """
+    ALTER TABLE record_images RENAME TO record_rows;
+    ALTER TABLE record_rows DROP COLUMN record_id;
+    ALTER TABLE record_rows ALTER source_id DROP NOT NULL;
+    ALTER TABLE record_rows ADD COLUMN source_num BIGINT;
+    ALTER TABLE record_rows ADD COLUMN group_uuid UUID;
+    ALTER TABLE record_rows ADD COLUMN url_base VARCHAR;
+    ALTER TABLE record_rows ADD COLUMN url_tail VARCHAR;
+    ALTER TABLE record_rows ADD COLUMN holder_num BIGINT;
+    ALTER TABLE record_rows ADD COLUMN taxon_num BIGINT;
+    """,
+}
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> None:
-    """Bring the schema to SCHEMA_VERSION; refuse a catalog written by a newer treeoflife."""
+    """Bring the schema to SCHEMA_VERSION (in one transaction); refuse a catalog written by
+    a newer treeoflife."""
     con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
     rows = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
-    row = rows[0] if rows else None
-    found = int(row[0]) if row else 0
+    found = int(rows[0][0]) if rows else 0
     if found > SCHEMA_VERSION:
         raise TolError(
             f"catalog schema version {found} is newer than this treeoflife ({SCHEMA_VERSION}); "
             "upgrade treeoflife"
         )
-    if found < SCHEMA_VERSION:
+    if found == SCHEMA_VERSION:
+        return
+    con.execute("BEGIN TRANSACTION")
+    try:
+        # A new catalog (found 0) gets SCHEMA_SQL alone; an old one is migrated step by step.
+        for version in range(found + 1, SCHEMA_VERSION + 1) if found else ():
+            con.execute(MIGRATIONS[version])
         con.execute(SCHEMA_SQL)
         con.execute(
             "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
         )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 def table_names(con: duckdb.DuckDBPyConnection, catalog: str | None = None) -> set[str]:

@@ -71,7 +71,7 @@ def url_workspace(root: Path, paths: list[str], source: str = "web") -> Workspac
     workspace = Workspace(root).init()
     with workspace.connect() as con:
         con.executemany(
-            "INSERT INTO record_images (source, source_id, url) VALUES (?, ?, ?)",
+            "INSERT INTO record_rows (source, source_id, url) VALUES (?, ?, ?)",
             [(source, path, f"https://{SYNTHETIC_HOST}/{path}") for path in paths],
         )
     return workspace

@@ -163,7 +163,7 @@ def test_persistent_errors_recorded_after_retries(tmp_path, synthetic_site):
     workspace = url_workspace(tmp_path / "ws", paths)
     with workspace.connect() as con:  # a URL without a host cannot be fetched at all
         con.execute(
-            "INSERT INTO record_images (source, source_id, url) VALUES ('web', 'x', 'https:///x.jpg')"
+            "INSERT INTO record_rows (source, source_id, url) VALUES ('web', 'x', 'https:///x.jpg')"
         )
     plan = FaultPlan(status_5xx_first=100, paths="*/00[0-2].jpg")
     with LoopbackServer(synthetic_site, plan) as server:

@@ -86,7 +86,7 @@ def test_splits_are_stable_when_records_are_added(released_workspace, tmp_path):
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
             con.execute(
-                "INSERT INTO record_images (source, source_id, group_id, license, taxon_key) "
+                "INSERT INTO record_rows (source, source_id, group_id, license, taxon_key) "
                 "VALUES ('eol', ?, ?, 'cc-by-4.0', NULL)",
                 [f"9{n:06d}", f"eol:9{n:06d}"],
             )

@@ -152,7 +152,7 @@ def build_mini_catalog(root) -> Workspace:
             [[row[c] for c in SOURCE_TAXON_COLUMNS] for row in MINI_SOURCE_TAXA],
         )
         con.executemany(
-            "INSERT INTO record_images (source, source_id, taxon_key) VALUES (?, ?, ?)",
+            "INSERT INTO record_rows (source, source_id, taxon_key) VALUES (?, ?, ?)",
             [
                 (source, f"{key}-{i}", key)
                 for (source, key), count in MINI_RECORDS.items()

@@ -58,7 +58,7 @@ FROM records
 
 
 def plant_records(con: duckdb.DuckDBPyConnection) -> None:
-    """Add the planted bear records to source_taxa and record_images (the real tables)."""
+    """Add the planted bear records to source_taxa and record_rows (the real tables)."""
     for key, name, images in PLANTED:
         genus = name.split()[0]
         con.execute(
@@ -69,7 +69,7 @@ def plant_records(con: duckdb.DuckDBPyConnection) -> None:
         )
         for i in range(images):
             con.execute(
-                "INSERT INTO record_images (source, source_id, taxon_key, url) "
+                "INSERT INTO record_rows (source, source_id, taxon_key, url) "
                 "VALUES ('eol', ?, ?, ?)",
                 [f"{key}-{i}", key, f"https://example.org/{key}/{i}.jpg"],
             )

@@ -67,7 +67,7 @@ def load_open_data(ctx: PullContext) -> None:
     with timed_step(ctx.source, "taxa"):
         _taxon_ranks(ctx, taxa)
     with timed_step(ctx.source, "records"):
-        _insert_open_data_records(ctx, taxa, observers, photos)
+        _insert_open_data_records(ctx, taxa, photos)
     with timed_step(ctx.source, "orphan check"):
         _quarantine_orphan_photos(ctx, photos)
 
@@ -78,7 +78,15 @@ def _check_rows(
     """Quarantine failing rows; `_valid_observations` and `_photos_failed` keep the verdicts."""
     con = ctx.con
     quarantine_failures(ctx, taxa, [Check("t.taxon_id IS NULL", "'taxon_id is empty'")])
-    quarantine_failures(ctx, observers, [Check("t.observer_id IS NULL", "'observer_id is empty'")])
+    observer_checks = [
+        Check("t.observer_id IS NULL", "'observer_id is empty'"),
+        duplicate_check(ctx, observers, "observer_id", "observer_id"),
+    ]
+    observers_passed = quarantine_failures(ctx, observers, observer_checks)
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW _valid_observers AS "
+        f"SELECT * FROM {observers} t WHERE {observers_passed}"
+    )
     # An observation whose taxon is not in taxa.csv still yields records, with no ranks:
     # the taxonomy stage reports them unresolved rather than the pull dropping the images.
     observation_checks = [
@@ -118,15 +126,19 @@ def _taxon_ranks(ctx: PullContext, taxa: str) -> None:
     )
 
 
-def _insert_open_data_records(ctx: PullContext, taxa: str, observers: str, photos: str) -> None:
-    """One record per photo that passed its checks and has a valid observation."""
+def _insert_open_data_records(ctx: PullContext, taxa: str, photos: str) -> None:
+    """One record per photo that passed its checks and has a valid observation.
+
+    Ids, uuids, the URL and the rights holder are stored typed (`record_rows`): writing
+    20M unique strings is most of a pull's cost, and the `record_images` view renders
+    them as text for every reader.
+    """
     con = ctx.con
-    # The rights holder once per observer (every row kept, so the join matches as before),
-    # not once per photo.
+    # The rights holder once per observer (a photo stores the observer id); one row each,
+    # since repeated observer ids were quarantined.
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _rights_holders AS SELECT observer_id, "
-        f"coalesce(nullif(nullif(trim(name), ''), 'None'), login) AS rights_holder "
-        f"FROM {observers}"
+        f"INSERT INTO rights_holders SELECT {sql_str(ctx.source)}, observer_id, "
+        f"coalesce(nullif(nullif(trim(name), ''), 'None'), login) FROM _valid_observers"
     )
     register_license_map(con, photos, "license", "4.0", "_licenses")
     size = ctx.option("photo_size", "medium")
@@ -142,16 +154,15 @@ def _insert_open_data_records(ctx: PullContext, taxa: str, observers: str, photo
     insert_records(
         ctx,
         f"""
-        SELECT {sql_str(ctx.source)} AS source, t.photo_id::VARCHAR AS source_id,
+        SELECT {sql_str(ctx.source)} AS source, t.photo_id AS source_num,
                {sql_str(ctx.manifest.version)} AS source_version,
-               t.observation_uuid::VARCHAR AS group_id,
-               {sql_str(base)} || t.photo_id || '/' || {sql_str(size)} || '.' || t.extension AS url,
-               l.license, t.license AS license_raw,
-               w.rights_holder,
-               o.taxon_id::VARCHAR AS taxon_key, t.width, t.height, t._file AS source_file
+               t.observation_uuid AS group_uuid,
+               {sql_str(base)} AS url_base,
+               '/' || {sql_str(size)} || '.' || t.extension AS url_tail,
+               l.license, t.license AS license_raw, t.observer_id AS holder_num,
+               o.taxon_id AS taxon_num, t.width, t.height, t._file AS source_file
         FROM {photos} t
         JOIN _valid_observations o ON o.observation_uuid = t.observation_uuid
-        LEFT JOIN _rights_holders w ON w.observer_id = t.observer_id
         LEFT JOIN _licenses l ON l.raw IS NOT DISTINCT FROM t.license
         WHERE t.rowid NOT IN (SELECT failed_rowid FROM _photos_failed)
         """,
@@ -168,7 +179,7 @@ def _quarantine_orphan_photos(ctx: PullContext, photos: str) -> None:
     con = ctx.con
     total, failed, recorded = con.execute(
         f"SELECT (SELECT count(*) FROM {photos}), (SELECT count(*) FROM _photos_failed), "
-        "(SELECT count(*) FROM record_images WHERE source = ?)",
+        "(SELECT count(*) FROM record_rows WHERE source = ?)",
         [ctx.source],
     ).fetchone()
     if total - failed == recorded:

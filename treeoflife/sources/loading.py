@@ -3,7 +3,7 @@
 Every loader reads its files with DuckDB's own readers into `raw_<source>__<role>` tables
 (every source column kept; VARCHAR except the ids it types), sends rows DuckDB could not
 parse and rows that fail a check to `quarantine` with file, line and reason, and fills
-`record_images` and `source_taxa` (the `records` view) in SQL.
+`record_rows` and `source_taxa` (the `records` view) in SQL.
 """
 
 from __future__ import annotations
@@ -413,9 +413,10 @@ TAXON_COLUMNS = ("source_taxon_id", "scientific_name", "common_name", "taxon_ran
 
 
 def insert_records(ctx: PullContext, select_sql: str, taxa_sql: str | None = None) -> None:
-    """Add the loader's SELECT (one row per image: `records` columns + `taxon_key`).
+    """Add the loader's SELECT (one row per image: `records` columns + `taxon_key`, or the
+    typed `record_rows` columns, e.g. `source_num` for `source_id`).
 
-    Taxon columns go once per `taxon_key` to `source_taxa`, the rest to `record_images`;
+    Taxon columns go once per `taxon_key` to `source_taxa`, the rest to `record_rows`;
     columns the SELECT lacks stay NULL. Writing names once per taxon instead of once per
     image halves the ingest's write time at 5M+ rows. Big sources pass `taxa_sql` (one row
     per taxon, from their small taxon tables); otherwise the taxa are the DISTINCT taxon
@@ -432,7 +433,7 @@ def insert_records(ctx: PullContext, select_sql: str, taxa_sql: str | None = Non
         )
     con.execute(f"INSERT INTO source_taxa BY NAME {taxa_sql}")
     image = ", ".join(f'"{c}"' for c in given if c not in TAXON_COLUMNS)
-    con.execute(f"INSERT INTO record_images BY NAME SELECT {image} FROM _record_rows")
+    con.execute(f"INSERT INTO record_rows BY NAME SELECT {image} FROM _record_rows")
 
 
 def load_tables(
