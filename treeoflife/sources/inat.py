@@ -75,37 +75,31 @@ def load_open_data(ctx: PullContext) -> None:
 def _check_rows(
     ctx: PullContext, taxa: str, observers: str, observations: str, photos: str
 ) -> None:
-    """Quarantine failing rows; `_valid_observations` and `_photos_failed` keep the verdicts."""
+    """Quarantine failing rows; `_valid_observers`, `_valid_observations` and
+    `_photos_failed` keep the verdicts."""
     con = ctx.con
     quarantine_failures(ctx, taxa, [Check("t.taxon_id IS NULL", "'taxon_id is empty'")])
-    observer_checks = [
-        Check("t.observer_id IS NULL", "'observer_id is empty'"),
-        duplicate_check(ctx, observers, "observer_id", "observer_id"),
-    ]
-    observers_passed = quarantine_failures(ctx, observers, observer_checks)
-    con.execute(
-        f"CREATE OR REPLACE TEMP VIEW _valid_observers AS "
-        f"SELECT * FROM {observers} t WHERE {observers_passed}"
-    )
+    _valid_rows_view(ctx, "_valid_observers", observers, "observer_id")
     # An observation whose taxon is not in taxa.csv still yields records, with no ranks:
     # the taxonomy stage reports them unresolved rather than the pull dropping the images.
-    observation_checks = [
-        Check("t.observation_uuid IS NULL", "'observation_uuid is empty'"),
-        duplicate_check(ctx, observations, "observation_uuid", "observation_uuid"),
-    ]
-    observations_passed = quarantine_failures(ctx, observations, observation_checks)
-    con.execute(
-        f"CREATE OR REPLACE TEMP VIEW _valid_observations AS "
-        f"SELECT * FROM {observations} t WHERE {observations_passed}"
-    )
-    photo_checks = [
-        Check("t.photo_id IS NULL", "'photo_id is empty'"),
-        duplicate_check(ctx, photos, "photo_id", "photo_id"),
-    ]
-    quarantine_failures(ctx, photos, photo_checks)
+    _valid_rows_view(ctx, "_valid_observations", observations, "observation_uuid")
+    _quarantine_empty_or_repeated(ctx, photos, "photo_id")
     con.execute(  # a copy: the orphan check may replace `_failed_<photos>`
         f"CREATE OR REPLACE TEMP TABLE _photos_failed AS SELECT failed_rowid FROM _failed_{photos}"
     )
+
+
+def _quarantine_empty_or_repeated(ctx: PullContext, table: str, key: str) -> str:
+    """Quarantine rows whose id `key` is empty or repeats an earlier row's (the first is
+    kept); returns the SQL condition the passing rows meet."""
+    checks = [Check(f"t.{key} IS NULL", f"'{key} is empty'"), duplicate_check(ctx, table, key, key)]
+    return quarantine_failures(ctx, table, checks)
+
+
+def _valid_rows_view(ctx: PullContext, view: str, table: str, key: str) -> None:
+    """Temp view `view`: the rows of `table` with a present, unrepeated `key`."""
+    passed = _quarantine_empty_or_repeated(ctx, table, key)
+    ctx.con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM {table} t WHERE {passed}")
 
 
 def _taxon_ranks(ctx: PullContext, taxa: str) -> None:
