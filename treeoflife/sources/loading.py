@@ -423,17 +423,17 @@ def insert_records(ctx: PullContext, select_sql: str, taxa_sql: str | None = Non
     columns of the image rows.
     """
     con = ctx.con
-    con.execute(f"CREATE OR REPLACE TEMP VIEW _record_rows AS {select_sql}")
-    given = [row[0] for row in con.execute("DESCRIBE _record_rows").fetchall()]
+    con.execute(f"CREATE OR REPLACE TEMP VIEW _loader_rows AS {select_sql}")
+    given = [row[0] for row in con.execute("DESCRIBE _loader_rows").fetchall()]
     if taxa_sql is None:
         taxon = ", ".join(f'"{c}"' for c in TAXON_COLUMNS if c in given)
         taxa_sql = (
-            f"SELECT DISTINCT source, taxon_key, {taxon} FROM _record_rows "
+            f"SELECT DISTINCT source, taxon_key, {taxon} FROM _loader_rows "
             "WHERE taxon_key IS NOT NULL"
         )
     con.execute(f"INSERT INTO source_taxa BY NAME {taxa_sql}")
     image = ", ".join(f'"{c}"' for c in given if c not in TAXON_COLUMNS)
-    con.execute(f"INSERT INTO record_rows BY NAME SELECT {image} FROM _record_rows")
+    con.execute(f"INSERT INTO record_rows BY NAME SELECT {image} FROM _loader_rows")
 
 
 def load_tables(
