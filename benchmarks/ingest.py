@@ -496,7 +496,7 @@ def _warm_page_cache(paths: dict[str, Path]) -> None:
 
 def benchmark(photo_rows: int, data_dir: Path, threads: int | None, repeat: int = 1) -> dict:
     """Run every contender `repeat` times, in rounds (so a slow spell of the shared machine
-    hits all of them), and keep each one's median run; `rounds` keeps every round's time."""
+    hits all of them), and keep each one's median run; `rounds_s` keeps every round's time."""
     print(f"\n== {photo_rows:,} photo rows ==")
     paths, lines = generate_dumps(data_dir, photo_rows)
     _warm_page_cache(paths)
