@@ -42,6 +42,7 @@ from rich.table import Table
 from threadpoolctl import threadpool_limits
 
 from treeoflife.images import phash
+from treeoflife.images.leakage import IMAGE_SUFFIXES
 from treeoflife.images.transform import (
     ResizeSpec,
     _decode,
@@ -165,7 +166,7 @@ def real_photos(folder: Path | None, crops: int, seed: int = 20240101) -> list[b
         photos += [
             path.read_bytes()
             for path in sorted(folder.rglob("*"))
-            if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")
+            if path.name.lower().endswith(IMAGE_SUFFIXES)
         ]
     return photos
 
@@ -379,33 +380,30 @@ def print_table(results: dict, console: Console) -> None:
     for note in RATIO_NOTES:
         console.print(f"  {note}")
     console.print("bit-identical to imagehash:", results["bit_identical_to_imagehash"])
-    errors = Table(title="fast modes: phash bit error against the exact hash")
+    console.print(
+        error_table(
+            "fast modes: phash bit error against the exact hash", results["fast_error_vs_exact"]
+        )
+    )
+    real = dict(results["fast_error_real_photos"])
+    title = f"the same on {real.pop('photos')} real photographs (crops, own folder)"
+    console.print(error_table(title, real))
+
+
+def error_table(title: str, stats_by_mode: dict[str, dict]) -> Table:
+    """`error_stats` of each approximation as one table row."""
+    table = Table(title=title)
     for column in ("mode", "mean Hamming", "identical", "≤ 4 bits", "max"):
-        errors.add_column(column)
-    for name, stats in results["fast_error_vs_exact"].items():
-        errors.add_row(
+        table.add_column(column)
+    for name, stats in stats_by_mode.items():
+        table.add_row(
             name,
             f"{stats['mean_hamming']:.2f}",
             f"{stats['share_identical']:.1%}",
             f"{stats['share_within_4']:.1%}",
             str(stats["max_hamming"]),
         )
-    console.print(errors)
-    real = results["fast_error_real_photos"]
-    errors = Table(title=f"the same on {real['photos']} real photographs (crops, own folder)")
-    for column in ("mode", "mean Hamming", "identical", "≤ 4 bits", "max"):
-        errors.add_column(column)
-    for name, stats in real.items():
-        if name == "photos":
-            continue
-        errors.add_row(
-            name,
-            f"{stats['mean_hamming']:.2f}",
-            f"{stats['share_identical']:.1%}",
-            f"{stats['share_within_4']:.1%}",
-            str(stats["max_hamming"]),
-        )
-    console.print(errors)
+    return table
 
 
 def main() -> None:
